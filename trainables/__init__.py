@@ -1,0 +1,21 @@
+"""Trainables: one module per study family, all following `trainables.common` (the contract).
+
+To add a study family: write ``trainables/<family>.py`` ending in ``FAMILY = Family(...)``
+(blocks, models, ``build``, ``train_epoch``, ``evaluate``), then add it to `REGISTRY` below.
+"""
+
+from __future__ import annotations
+
+from study.errors import UserError
+from trainables import digit_pairs
+from trainables.common import Family
+
+REGISTRY: dict[str, Family] = {f.name: f for f in (digit_pairs.FAMILY,)}
+
+
+def get_family(name: str) -> Family:
+    """The registered family called `name`; an unknown name lists the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown trainable {name!r}; known: {', '.join(sorted(REGISTRY))}") from None

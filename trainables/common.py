@@ -1,0 +1,193 @@
+"""The one contract every trainable follows, and the training loop that enforces it.
+
+A study family (one module in ``trainables/``) provides a `Family`:
+
+- ``defaults``: every config key it understands, with its default (units in comments there).
+  Together with `COMMON_DEFAULTS` this is the whole config; an unknown key is an error.
+- ``load_data(source, root)``: the study's raw data, loaded once in the driver and shipped to
+  trials through the object store (``tune.with_parameters``). Never through the config.
+- ``prepare(config, data)``: per-trial tensors derived deterministically from the config
+  (pairs, transforms, subsets). Returns any object ``train_epoch``/``evaluate`` understand.
+- ``build(config)``: the ``nn.Module``.
+- ``train_epoch(model, optimizer, trial_data, config, generator, device)``: one epoch; returns
+  metrics (at least ``train_loss``); calls `check_finite` on each loss so a diverging trial
+  raises `Diverged`.
+- ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...).
+
+`run_trial` is the Ray Tune function trainable: it seeds, builds, resumes from
+``tune.get_checkpoint()``, and every epoch reports metrics (plus ``epoch``, ``params``, ``lr``,
+``diverged``) with a ``tune.Checkpoint``. A diverging trial reports its last finite metrics
+with ``diverged=1`` and stops; the study goes on. Metric names shared across studies:
+``train_loss``, ``test_loss``, ``test_acc``, ``epoch``, ``params``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from study.errors import UserError
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "seed": 0,  # controls init, data order and data sampling (pairs, transforms)
+    "epochs": 10,  # number of passes over the training set
+    "batch_size": 64,  # examples per optimiser step
+    "optimizer": "sgd",  # sgd | adam | adamw
+    "lr": 0.01,  # initial learning rate
+    "momentum": 0.0,  # SGD momentum (ignored by adam/adamw)
+    "weight_decay": 0.0,  # L2 penalty passed to the optimiser
+    "lr_milestones": [],  # epochs after which lr is multiplied by lr_gamma
+    "lr_gamma": 0.1,  # lr factor at each milestone
+    "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N
+    "threads": 1,  # torch intra-op threads per trial (the runner sets it from resources.cpu)
+}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class Diverged(Exception):
+    """Raised inside an epoch when the loss is NaN or infinite."""
+
+
+def check_finite(loss: torch.Tensor) -> None:
+    """Raise `Diverged` if a loss is NaN or inf (call once per batch)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise Diverged(f"non-finite loss {loss.item()}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A study family: see the module docstring for the contract of each field."""
+
+    name: str
+    defaults: Mapping[str, Any]
+    load_data: Callable[[str, str | None], Any]
+    prepare: Callable[[dict, Any], Any]
+    build: Callable[[dict], nn.Module]
+    train_epoch: Callable[..., dict]
+    evaluate: Callable[..., dict]
+    smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
+    doc: str = ""
+
+    @property
+    def all_defaults(self) -> dict[str, Any]:
+        return {**COMMON_DEFAULTS, **self.defaults}
+
+
+def resolve_config(family: Family, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults filled in; unknown keys rejected with the list of known ones."""
+    known = family.all_defaults
+    unknown = sorted(k for k in config if k not in known and not k.startswith("__"))
+    if unknown:
+        raise UserError(
+            f"trainable {family.name}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    cfg = {**known, **{k: v for k, v in config.items() if not k.startswith("__")}}
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"trainable {family.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}")
+    return cfg
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    params, lr, wd = model.parameters(), float(cfg["lr"]), float(cfg["weight_decay"])
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    """Index batches over n examples, shuffled by `generator` (None keeps the order)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(int(batch_size)))
+
+
+def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int] | None = None) -> None:
+    """Ray Tune function trainable implementing the contract (see module docstring).
+
+    `seeds` maps Ray's ``__trial_index__`` (set by ``tune.search.Repeater``) to a seed.
+    """
+    from ray import tune
+
+    config = dict(config)
+    if seeds is not None and "__trial_index__" in config:
+        config["seed"] = seeds[int(config["__trial_index__"])]
+    cfg = resolve_config(family, config)
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    device = resolve_device(cfg["device"])
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    trial_data = family.prepare(cfg, data)
+    model = family.build(cfg).to(device)
+    params = count_params(model)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[int(m) for m in cfg["lr_milestones"]], gamma=float(cfg["lr_gamma"])
+    )
+
+    start, last_finite = 0, {}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, last_finite = state["epoch"], state["metrics"]
+        if start >= int(cfg["epochs"]):  # finished but not yet recorded as finished: say so again
+            tune.report(last_finite)
+            return
+
+    for epoch in range(start + 1, int(cfg["epochs"]) + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        try:
+            train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
+            check_finite(torch.tensor(float(train_metrics["train_loss"])))
+        except Diverged as e:
+            tune.report({**last_finite, "epoch": epoch, "params": params, "lr": lr, "diverged": 1, "error": str(e)})
+            return
+        scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            eval_metrics = family.evaluate(model, trial_data, cfg, device)
+        metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics}
+        metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
+            tune.report({**last_finite, "epoch": epoch, "params": params, "lr": lr, "diverged": 1, "error": "non-finite metric"})
+            return
+        last_finite = metrics
+        with tempfile.TemporaryDirectory() as d:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "metrics": metrics,
+            }
+            torch.save(state, os.path.join(d, "state.pt"))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
