@@ -1,0 +1,187 @@
+"""`study`: the command line. Thin: parse, call the library, map errors to exit codes.
+
+Exit status: 0 success, 1 a run failure (a trial errored, or an unexpected crash),
+2 bad input (one line naming the file/flag, the key and the rule; ``--debug`` for a traceback),
+130 interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from study.errors import UserError
+
+DEFAULT_STORAGE = os.environ.get("STUDY_STORAGE", "studies")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage; keep it to one line + exit 2
+        self.exit(2, f"study: error: {message} (see study {self.prog.split()[-1]} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="study", description="Hyperparameter studies on Ray Tune (see README.md).")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run (or resume) a study from a search-space YAML")
+    r.add_argument("spec", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    r.add_argument("--name", help="study name (default: the spec's name)")
+    r.add_argument("--storage", default=DEFAULT_STORAGE, help="results root directory (default: %(default)s)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key by dotted path, e.g. --set fixed.epochs=2 (repeatable)")  # fmt: skip
+    r.add_argument("--smoke", action="store_true", help="tiny version: one seed, one epoch, few configs, small data")
+    r.add_argument("--address", help="Ray cluster address (e.g. auto on a cluster head); default: local Ray")
+    r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    v = sub.add_parser("validate", help="check search-space YAML files without running them")
+    v.add_argument("specs", nargs="+")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    ls = sub.add_parser("ls", help="list studies with trial counts by status")
+    ls.add_argument("--storage", default=DEFAULT_STORAGE)
+    ls.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    st = sub.add_parser("status", help="one study's trial counts and where its results are")
+    st.add_argument("name")
+    st.add_argument("--storage", default=DEFAULT_STORAGE)
+    st.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    rep = sub.add_parser("report", help="(re)build a study's tables and HTML report")
+    rep.add_argument("name")
+    rep.add_argument("--storage", default=DEFAULT_STORAGE)
+    rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    cmp_ = sub.add_parser("compare", help="one report comparing several studies")
+    cmp_.add_argument("names", nargs="+")
+    cmp_.add_argument("--storage", default=DEFAULT_STORAGE)
+    cmp_.add_argument("--out", default=None, help="HTML file (default: STORAGE/compare-A-B.html)")
+    cmp_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sb = sub.add_parser("submit", help="submit a study to a Ray cluster through the Ray Jobs API")
+    sb.add_argument("spec")
+    sb.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard/jobs address (default: %(default)s)")
+    sb.add_argument("--name")
+    sb.add_argument("--storage", default=None, help="results root on the cluster (e.g. s3://bucket/studies)")
+    sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sb.add_argument("--smoke", action="store_true")
+    sb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def study_dir(storage: str, name: str) -> Path:
+    d = Path(storage).expanduser() / name
+    if not (d / "spec.yaml").exists():
+        raise UserError(f"{d}: no study named {name!r} under {storage} (see `study ls --storage {storage}`)")
+    return d
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from study.runner import run_study
+
+    outcome = run_study(
+        a.spec, name=a.name, storage=a.storage, overrides=a.overrides, smoke=a.smoke, address=a.address,
+        report=not a.no_report,
+    )  # fmt: skip
+    return 1 if outcome.failed else 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from study.spec import load_spec
+
+    for path in a.specs:
+        spec = load_spec(path, a.overrides)
+        print(f"{path}: ok ({spec.trainable}, {spec.n_trials()} trials, metric {spec.metric} {spec.mode})")
+    return 0
+
+
+def cmd_ls(a: argparse.Namespace) -> int:
+    from study.results import format_counts, list_studies
+
+    studies = list_studies(Path(a.storage).expanduser())
+    if not studies:
+        print(f"no studies under {a.storage}")
+    for s in studies:
+        print(f"{s['name']:<32} {format_counts(s['counts'])}")
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from study.results import format_counts, list_studies
+
+    d = study_dir(a.storage, a.name)
+    counts = next(s["counts"] for s in list_studies(d.parent) if s["name"] == a.name)
+    print(f"{a.name}: {format_counts(counts)}")
+    print(f"results: {d / 'results'}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from study.results import collect, format_counts, write_results
+    from study.runner import write_report
+    from study.spec import load_spec
+
+    d = study_dir(a.storage, a.name)
+    spec = load_spec(d / "spec.yaml")
+    trials, epochs = collect(d, spec)
+    write_results(d, spec, trials, epochs)
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    unfinished = {k: v for k, v in counts.items() if k not in ("TERMINATED", "DIVERGED")}
+    if unfinished:
+        print(f"{a.name}: partial results ({format_counts(counts)})")
+    write_report(d)
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from analysis.report import write_comparison
+
+    dirs = [study_dir(a.storage, n) for n in a.names]
+    out = Path(a.out) if a.out else Path(a.storage).expanduser() / f"compare-{'-'.join(a.names)}.html"
+    print(f"comparison: {write_comparison(dirs, out)}")
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from study.submit import submit
+
+    job_id = submit(Path(a.spec), address=a.address, name=a.name, storage=a.storage, overrides=a.overrides, smoke=a.smoke)
+    print(f"submitted job {job_id} to {a.address}")
+    print(f"follow it: ray job logs --address {a.address} --follow {job_id}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "status": cmd_status, "report": cmd_report,
+    "compare": cmd_compare, "submit": cmd_submit,
+}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"study: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("study: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"study: run failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

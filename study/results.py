@@ -1,0 +1,309 @@
+"""Results: read a study directory (Ray Tune's experiment state and trial logs) into tables.
+
+`collect` works on finished, running and interrupted studies alike. `write_results` writes
+``results/trials.parquet`` (one row per trial) and ``results/epochs.parquet`` (one row per
+trial and epoch), atomically. The study's metadata (metric, mode, hyperparameter columns) is in
+the Parquet schema metadata under the key ``study``. `ProgressCallback` prints progress lines.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from study.spec import Spec
+
+# columns Ray adds to every result row that are not metrics
+RAY_KEYS = {
+    "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id", "date",
+    "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
+    "experiment_tag", "error",
+}  # fmt: skip
+NOT_METRICS = {"epoch", "params", "diverged", "lr"}
+STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or "error" in metric
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _latest_state(study_dir: Path) -> dict | None:
+    files = sorted(glob.glob(str(study_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    for f in reversed(files):
+        try:
+            return json.loads(Path(f).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+    return rows
+
+
+def _error_message(trial_dir: Path, meta: dict) -> str | None:
+    name = meta.get("error_filename")
+    path = trial_dir / name if name else trial_dir / "error.txt"
+    if not path.exists():
+        return None
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    # the last line of a Python traceback is the exception itself
+    return lines[-1][:500] if lines else "error"
+
+
+def _trials_from_state(study_dir: Path) -> list[dict]:
+    """[{trial_id, status, config, logdir, meta}] from the latest experiment state."""
+    state = _latest_state(study_dir)
+    out = []
+    if state is not None:
+        for trial_json, meta_json in state.get("trial_data", []):
+            t = json.loads(trial_json)
+            meta = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
+            out.append(
+                {
+                    "trial_id": t["trial_id"],
+                    "status": t.get("status", "PENDING"),
+                    "config": t.get("config", {}),
+                    "logdir": t.get("relative_logdir") or f"trial_{t['trial_id']}",
+                    "meta": meta or {},
+                }
+            )
+    known = {t["logdir"] for t in out}
+    # trial dirs written after the last state snapshot (e.g. the driver was killed)
+    for params in sorted(study_dir.glob("*/params.json")):
+        d = params.parent
+        if d.name in known:
+            continue
+        rows = _read_jsonl(d / "result.json")
+        tid = rows[-1]["trial_id"] if rows else d.name.removeprefix("trial_")
+        out.append({"trial_id": tid, "status": "PENDING", "config": json.loads(params.read_text()), "logdir": d.name, "meta": {}})
+    return out
+
+
+def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) tables of a study directory; see the module docstring."""
+    study_dir = Path(study_dir)
+    hp_cols = hyperparameter_columns(spec)
+    trial_rows, epoch_rows = [], []
+    for t in _trials_from_state(study_dir):
+        trial_dir = study_dir / t["logdir"]
+        rows = _read_jsonl(trial_dir / "result.json")
+        # a resumed trial may report an epoch again: keep the last report of each epoch
+        by_epoch: dict[int, dict] = {}
+        for r in rows:
+            if "epoch" in r:
+                by_epoch[int(r["epoch"])] = r
+        epochs = [by_epoch[e] for e in sorted(by_epoch)]
+        metric_names = sorted(
+            {k for r in epochs for k, v in r.items() if k not in RAY_KEYS | NOT_METRICS and _is_number(v)}
+        )
+        for r in epochs:
+            epoch_rows.append(
+                {
+                    "trial_id": t["trial_id"],
+                    "epoch": int(r["epoch"]),
+                    **{m: _num(r.get(m)) for m in metric_names},
+                    "time_total_s": _num(r.get("time_total_s")),
+                    "diverged": int(r.get("diverged", 0) or 0),
+                }
+            )
+        last = epochs[-1] if epochs else {}
+        status = t["status"]
+        diverged = bool(last.get("diverged"))
+        if status == "TERMINATED" and diverged:
+            status = "DIVERGED"
+        config = t["config"]
+        row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
+        for c in hp_cols:
+            row[c] = _cell(config.get(c))
+        row["seed"] = config.get("seed")
+        for m in metric_names:
+            vals = [r[m] for r in epochs if _is_number(r.get(m)) and math.isfinite(r[m])]
+            row[f"final_{m}"] = vals[-1] if vals else math.nan
+            best = min if lower_is_better(m) else max
+            row[f"best_{m}"] = best(vals) if vals else math.nan
+        row["params"] = last.get("params")
+        row["epochs_done"] = int(last.get("epoch", 0)) if last else 0
+        row["wall_time_s"] = _num(last.get("time_total_s")) if last else 0.0
+        row["num_failures"] = int(t["meta"].get("num_failures", 0) or 0)
+        err = _error_message(trial_dir, t["meta"]) if status == "ERROR" else None
+        row["error"] = err or (last.get("error") if diverged else None)
+        trial_rows.append(row)
+    trials = pd.DataFrame(trial_rows)
+    if trials.empty:
+        trials = pd.DataFrame(columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"])
+    epochs_df = pd.DataFrame(epoch_rows)
+    if epochs_df.empty:
+        epochs_df = pd.DataFrame(columns=["trial_id", "epoch", "time_total_s", "diverged"])
+    return trials, epochs_df
+
+
+def hyperparameter_columns(spec: Spec) -> list[str]:
+    """Columns named as in the YAML: data keys, fixed keys, then searched keys (no seed)."""
+    cols = [*spec.data.config, *spec.fixed, *spec.space]
+    return list(dict.fromkeys(c for c in cols if c != "seed"))
+
+
+def study_metadata(spec: Spec, study_dir: Path) -> dict[str, Any]:
+    source = study_dir / "spec_file.txt"
+    return {
+        "name": spec.name,
+        "spec_file": source.read_text().strip() if source.exists() else "",
+        "trainable": spec.trainable,
+        "data_source": spec.data.source,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "hyperparameters": hyperparameter_columns(spec),
+        "searched": list(spec.space),
+        "grid_axes": spec.grid_axes,
+    }
+
+
+def write_parquet(df: pd.DataFrame, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Atomic Parquet write, with optional JSON metadata under the schema key ``study``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"study": json.dumps(metadata).encode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_results(study_dir: Path, spec: Spec, trials: pd.DataFrame, epochs: pd.DataFrame) -> Path:
+    out = Path(study_dir) / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    meta = study_metadata(spec, Path(study_dir))
+    write_parquet(_mixed_to_str(trials), out / "trials.parquet", meta)
+    write_parquet(epochs, out / "epochs.parquet", meta)
+    return out
+
+
+def _mixed_to_str(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: columns mixing types (e.g. None and lists) become text."""
+    df = df.copy()
+    for c in df.columns:
+        types = {type(v) for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(types) > 1 and not types <= {int, float, bool}:
+            df[c] = [None if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in df[c]]
+    return df
+
+
+def _cell(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> float:
+    return float(v) if _is_number(v) else math.nan
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    parts = [f"{counts[s]} {s.lower()}" for s in STATUSES if counts.get(s)]
+    return ", ".join(parts) if parts else "no trials"
+
+
+def list_studies(storage: Path) -> list[dict[str, Any]]:
+    """Studies under a storage directory with trial counts by status (reads the state, not Ray)."""
+    out = []
+    for spec_file in sorted(Path(storage).glob("*/spec.yaml")):
+        study_dir = spec_file.parent
+        counts: dict[str, int] = {}
+        for t in _trials_from_state(study_dir):
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        out.append({"name": study_dir.name, "dir": study_dir, "counts": counts})
+    return out
+
+
+def _fmt_duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def make_progress_callback(spec: Spec, out: TextIO = sys.stdout, every_s: float = 20.0):
+    """A `ray.tune.Callback` printing one progress line per finished trial and every `every_s` seconds."""
+    from ray.tune import Callback
+
+    class ProgressCallback(Callback):
+        def __init__(self) -> None:
+            self.t0 = time.time()
+            self.last_print = 0.0
+            self.last_line = ""
+            self.out = out
+
+        def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment: not the stream
+            return {k: v for k, v in self.__dict__.items() if k != "out"}
+
+        def __setstate__(self, state: dict) -> None:
+            self.__dict__.update(state, out=sys.stdout)
+
+        def _line(self, trials: list) -> str:
+            counts: dict[str, int] = {}
+            best, best_trial = None, None
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
+                value = (t.last_result or {}).get(spec.metric)
+                if _is_number(value) and (best is None or (value > best if spec.mode == "max" else value < best)):
+                    best, best_trial = value, t
+            done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
+            total = max(len(trials), spec.n_trials())
+            elapsed = time.time() - self.t0
+            line = (
+                f"[study] {done}/{total} done, {counts.get('RUNNING', 0)} running, "
+                f"{counts.get('ERROR', 0)} failed"
+            )
+            if best is not None:
+                shown = {k: best_trial.config.get(k) for k in [*spec.space, "seed"] if k in best_trial.config}
+                hp = " ".join(f"{k}={v}" for k, v in shown.items())
+                line += f" | best {spec.metric}={best:.4g} ({hp})"
+            line += f" | {_fmt_duration(elapsed)}"
+            return line
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            now = time.time()
+            if now - self.last_print >= every_s:
+                self._print(trials, force=True)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._print(trials)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._print(trials)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self._print(trials)
+
+        def _print(self, trials: list, force: bool = False) -> None:
+            line = self._line(trials)
+            if force or line.split(" | ")[0] != self.last_line.split(" | ")[0]:
+                print(line, file=self.out, flush=True)
+                self.last_line, self.last_print = line, time.time()
+
+    return ProgressCallback()

@@ -1,0 +1,272 @@
+"""Run a study: spec -> Ray Tune `Tuner` (or `Tuner.restore` for an interrupted study) -> Parquet.
+
+A study lives in ``STORAGE/NAME/``: Ray Tune's experiment (trial directories, checkpoints,
+experiment state), ``spec.yaml`` (the resolved spec it was started with) and ``results/``.
+Running the same study again resumes it: finished trials are kept, unfinished ones continue
+from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from study import results as results_mod
+from study.errors import UserError
+from study.spec import Spec, load_spec, smoke_spec, spec_to_yaml, to_param_space
+
+SPEC_FILE = "spec.yaml"
+SPEC_SOURCE_FILE = "spec_file.txt"  # path of the YAML the study was started from
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    study_dir: Path
+    counts: dict[str, int]
+    report: Path | None
+
+    @property
+    def failed(self) -> bool:
+        return self.counts.get("ERROR", 0) > 0
+
+
+def trial_entry(config: dict, data: Any = None, *, family_name: str, seeds: list[int] | None = None) -> None:
+    """The function Ray Tune runs for every trial: look the family up, run the contract loop."""
+    from trainables import get_family
+    from trainables.common import run_trial
+
+    run_trial(config, data, family=get_family(family_name), seeds=seeds)
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Spec:
+    from trainables import get_family
+
+    spec = load_spec(spec_path, overrides)
+    if smoke:
+        spec = smoke_spec(spec, dict(get_family(spec.trainable).smoke))
+    return spec
+
+
+def resolve_storage(storage: str | Path) -> str:
+    """Absolute local path (created and checked writable) or a URI (s3://, gs://) left to Ray."""
+    storage = str(storage)
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--storage {storage}: directory cannot be written ({e.strerror or e})") from None
+    return str(path)
+
+
+def record_spec(study_dir: Path, spec: Spec, spec_path: str | Path) -> None:
+    """Save the resolved spec; refuse to resume a study under a different spec."""
+    text = spec_to_yaml(spec)
+    target = study_dir / SPEC_FILE
+    if target.exists():
+        if target.read_text() != text:
+            raise UserError(
+                f"{study_dir}: this study was started with a different spec; "
+                f"use --name to start a new study, or rerun with the same file and --set values"
+            )
+        return
+    study_dir.mkdir(parents=True, exist_ok=True)
+    results_mod.atomic_write_text(target, text)
+    results_mod.atomic_write_text(study_dir / SPEC_SOURCE_FILE, str(Path(spec_path).resolve()) + "\n")
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Local Ray in-process by default; `address` ("auto", "host:port", "ray://...") joins a cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **quiet)
+        return
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
+
+
+def check_resources(spec: Spec) -> None:
+    """Fail fast when a fixed-size cluster can never give one trial what the spec asks for."""
+    import ray
+
+    total = ray.cluster_resources()
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    if autoscaling_cluster():
+        missing = [k for k, v in need.items() if v > total.get(k, 0)]
+        if missing:
+            print(f"[study] waiting for the autoscaler to add nodes with {', '.join(missing)}", flush=True)
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(all(n.get(k, 0) >= v for k, v in need.items() if v > 0) for n in nodes):
+        have = ", ".join(f"{k}={total.get(k, 0):g}" for k in need)
+        raise UserError(
+            f"resources: a trial asks for cpu={spec.resources.cpu:g}, gpu={spec.resources.gpu:g} but no node of this "
+            f"fixed-size cluster has that (cluster total: {have}); lower resources.* with --set or use a cluster"
+        )
+
+
+def autoscaling_cluster() -> bool:
+    """True when the connected cluster runs an autoscaler (then waiting for nodes is right)."""
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        import ray
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        return bool(getattr(status, "pending_launches", None) is not None and _has_autoscaler_config(status))
+    except Exception:
+        return False
+
+
+def _has_autoscaler_config(status: Any) -> bool:
+    # a local `ray.init()` cluster reports no node types that can be launched
+    return bool(os.environ.get("RAY_FAKE_CLUSTER")) or bool(getattr(status, "pending_launches", []))
+
+
+def build_tuner(spec: Spec, study_dir: Path, storage: str, data: Any, progress: Any):
+    from ray import tune
+
+    seeds = spec.seed_list
+    use_repeater = spec.search.algorithm == "optuna" and len(seeds) > 1
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_entry, data=data, family_name=spec.trainable, seeds=seeds if use_repeater else None
+        ),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    if Path(study_dir).exists() and tune.Tuner.can_restore(str(study_dir)):
+        print(f"[study] resuming {study_dir}", flush=True)
+        return tune.Tuner.restore(
+            str(study_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+
+    param_space = to_param_space(spec, with_seeds=not use_repeater)
+    param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
+    num_samples = spec.search.num_samples
+    search_alg = None
+    if spec.search.algorithm == "optuna":
+        from ray.tune.search import Repeater
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=spec.search.seed)
+        if use_repeater:
+            search_alg = Repeater(search_alg, repeat=len(seeds), set_index=True)
+            num_samples *= len(seeds)
+    elif spec.search.algorithm == "random" and spec.search.seed is not None:
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=spec.search.seed)
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=int(spec.base_config().get("epochs") or 10**6),
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=study_dir.name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
+            callbacks=[progress],
+        ),
+    )
+
+
+def run_study(
+    spec_path: str | Path,
+    *,
+    name: str | None = None,
+    storage: str | Path = "studies",
+    overrides: list[str] | None = None,
+    smoke: bool = False,
+    address: str | None = None,
+    report: bool = True,
+    out: TextIO = sys.stdout,
+) -> RunOutcome:
+    """Run (or resume) a study and write its results; see the module docstring."""
+    from trainables import get_family
+
+    spec = prepare_spec(spec_path, overrides or [], smoke)
+    name = name or spec.name
+    storage_root = resolve_storage(storage)
+    if "://" in storage_root:
+        raise UserError(f"--storage {storage_root}: remote storage is used through a cluster; run on the head node")
+    study_dir = Path(storage_root) / name
+    record_spec(study_dir, spec, spec_path)
+    family = get_family(spec.trainable)
+
+    print(f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {study_dir}", file=out, flush=True)
+    init_ray(address)
+    check_resources(spec)
+    t0 = time.time()
+    data = family.load_data(spec.data.source, spec.data.root)
+    print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)
+
+    progress = results_mod.make_progress_callback(spec, out=out)
+    tuner = build_tuner(spec, study_dir, storage_root, data, progress)
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    trials, epochs = results_mod.collect(study_dir, spec)
+    results_mod.write_results(study_dir, spec, trials, epochs)
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    report_path = None
+    if report:
+        report_path = write_report(study_dir, out)
+    print(f"[study] {name}: {results_mod.format_counts(counts)}; results in {study_dir / 'results'}", file=out, flush=True)
+    if interrupted:
+        print(f"[study] interrupted: run the same command again to resume {name}", file=out, flush=True)
+        raise KeyboardInterrupt
+    return RunOutcome(study_dir, counts, report_path)
+
+
+def write_report(study_dir: Path, out: TextIO = sys.stdout) -> Path | None:
+    """Build the study's tables and HTML report (analysis package)."""
+    try:
+        from analysis.report import write_study_outputs
+    except ImportError:
+        return None
+    path = write_study_outputs(study_dir)
+    print(f"[study] report: {path}", file=out, flush=True)
+    return path

@@ -1,0 +1,354 @@
+"""Search-space YAML: parsed once into typed objects, turned into Ray Tune domains in one place.
+
+A spec file (see ``search_spaces/*.yaml`` and the README) names a trainable, its data, the fixed
+config, the searched space, repeats (seeds), the metric, resources, search algorithm, scheduler
+and the paper's reported numbers. `load_spec` reads and validates it; every error is one line
+naming the file, the key path, the rule and the value. `to_param_space` is the only function
+that creates Ray Tune domains.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+from study.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Grid(_Strict):
+    grid: list[Any] = Field(min_length=1)
+
+
+class Choice(_Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+class _Range(_Strict):
+    @staticmethod
+    def _check(lo: float, hi: float, positive: bool = False) -> None:
+        if not lo < hi:
+            raise ValueError(f"low < high must hold, but got low={lo}, high={hi}")
+        if positive and lo <= 0:
+            raise ValueError(f"low > 0 must hold for a log scale, but got low={lo}")
+
+
+class Uniform(_Range):
+    uniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        self._check(*self.uniform)
+        return self
+
+
+class LogUniform(_Range):
+    loguniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        self._check(*self.loguniform, positive=True)
+        return self
+
+
+class RandInt(_Range):
+    randint: tuple[int, int]  # high exclusive, as in ray.tune.randint
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandInt:
+        self._check(*self.randint)
+        return self
+
+
+DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+Domain = Annotated[
+    Annotated[Grid, Tag("grid")]
+    | Annotated[Choice, Tag("choice")]
+    | Annotated[Uniform, Tag("uniform")]
+    | Annotated[LogUniform, Tag("loguniform")]
+    | Annotated[RandInt, Tag("randint")],
+    Discriminator(lambda v: next(iter(v)) if isinstance(v, dict) else next(iter(type(v).model_fields))),
+]
+
+
+class Data(BaseModel):
+    """`source` picks the loader; `root` the download cache; other keys are trainable config keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    source: Literal["mnist", "mnist-5k"]
+    root: str | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1, gt=0)
+    gpu: float = Field(default=0, ge=0)
+
+
+class Search(_Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(default=1, ge=1)  # samples per grid point (grid/random), configs (optuna)
+    seed: int | None = None  # seed of the search algorithm itself
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class Scheduler(_Strict):
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = Field(default=1, ge=1)  # epochs before a trial may be stopped
+    reduction_factor: float = Field(default=3, gt=1)
+
+
+class PaperResult(_Strict):
+    label: str
+    where: dict[str, Any] = Field(default_factory=dict)
+    metric: str
+    value: float
+    std: float | None = None
+
+
+class Paper(_Strict):
+    citation: str = ""
+    results: list[PaperResult] = Field(default_factory=list)
+
+
+class Spec(_Strict):
+    """A whole study. Field meanings are in the README's "Search-space YAML" section."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    trainable: str
+    data: Data
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Domain] = Field(default_factory=dict)
+    repeats: int | None = Field(default=None, ge=1)
+    seeds: list[int] | None = None
+    metric: str = "test_acc"
+    mode: Literal["max", "min"] = "max"
+    resources: Resources = Resources()
+    search: Search = Search()
+    scheduler: Scheduler = Scheduler()
+    max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
+    paper: Paper = Paper()
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _one_kind(cls, space: Any) -> Any:
+        if not isinstance(space, dict):
+            return space
+        for key, dom in space.items():
+            if not isinstance(dom, dict) or len(dom) != 1 or next(iter(dom)) not in DOMAIN_KINDS:
+                raise ValueError(
+                    f"space.{key}: must be a mapping with exactly one of {', '.join(DOMAIN_KINDS)}, but got {dom!r}"
+                )
+        return space
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Spec:
+        if self.repeats is not None and self.seeds is not None:
+            raise ValueError("give either repeats or seeds, not both")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, but got {self.seeds}")
+        for key in ("seed",):
+            if key in self.space or key in self.fixed:
+                raise ValueError(f"{key} is set by repeats/seeds, not by space or fixed")
+        both = sorted(set(self.space) & (set(self.fixed) | set(self.data.config)))
+        if both:
+            raise ValueError(f"key(s) {', '.join(both)} both searched (space) and fixed; keep one")
+        if self.search.algorithm == "optuna":
+            grids = [k for k, d in self.space.items() if isinstance(d, Grid)]
+            if grids:
+                raise ValueError(f"optuna cannot search grid axes ({', '.join(grids)}); use choice: [...] instead")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else list(range(self.repeats or 1))
+
+    @property
+    def grid_axes(self) -> list[str]:
+        return [k for k, d in self.space.items() if isinstance(d, Grid)]
+
+    def base_config(self) -> dict[str, Any]:
+        """The trial config before sampling: data keys, then fixed keys."""
+        return {**self.data.config, **self.fixed}
+
+    def n_trials(self) -> int:
+        grid = math.prod(len(d.grid) for d in self.space.values() if isinstance(d, Grid))
+        return grid * self.search.num_samples * len(self.seed_list)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    # pydantic adds the union member's name (e.g. "Grid") to the location: drop those
+    parts: list[str] = []
+    for p in map(str, loc):
+        if p[:1].isupper() or (parts and parts[-1] == p):  # union member names; a tag repeating its field
+            continue
+        parts.append(p)
+    return ".".join(parts) or "(top level)"
+
+
+def _format_error(path: str, err: ValidationError) -> str:
+    errors = err.errors()
+    # a union failure reports every member; the most useful is the one deepest into the value
+    first = max(errors, key=lambda e: len(e["loc"])) if errors else None
+    if first is None:
+        return f"{path}: invalid spec"
+    msg = first["msg"].removeprefix("Value error, ")
+    where = _loc(first["loc"])
+    value = first.get("input")
+    shown = "" if first["type"] == "missing" or "got" in msg else f" (got {value!r})"
+    if msg.startswith(f"{where}."):  # the validator named the exact key path itself
+        where, msg = msg.split(": ", 1)
+    extra = len({_loc(e["loc"]) for e in errors}) - 1
+    more = f" [+{extra} more error(s)]" if extra > 0 else ""
+    return f"{path}: {where}: {msg}{shown}{more}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=VALUE` -> (["a", "b"], VALUE parsed as YAML)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: must be KEY=VALUE with a dotted key path, e.g. fixed.epochs=2")
+    key, raw = item.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise UserError(f"--set {item!r}: key path must be non-empty names joined by dots")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted key paths in a raw spec dict (copies; creates intermediate mappings)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a mapping (got {nxt!r})")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: {where}invalid YAML ({problem})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: (top level): must be a mapping of keys, but got {type(raw).__name__}")
+    return raw
+
+
+def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
+    """Validate a raw dict into a `Spec`, including the trainable's known keys."""
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_format_error(str(path), e)) from None
+    check_keys(spec, path)
+    return spec
+
+
+def check_keys(spec: Spec, path: str | Path) -> None:
+    """Every config key must be known to the trainable; values checked where cheap."""
+    from trainables import REGISTRY
+
+    family = REGISTRY.get(spec.trainable)
+    if family is None:
+        raise UserError(f"{path}: trainable: unknown trainable {spec.trainable!r}; known: {', '.join(sorted(REGISTRY))}")
+    known = family.all_defaults
+    for section, keys in (("data", spec.data.config), ("fixed", spec.fixed), ("space", spec.space)):
+        for key in keys:
+            if key not in known:
+                raise UserError(
+                    f"{path}: {section}.{key}: unknown config key for trainable {family.name}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+    hp = set(known) | {"seed"}
+    for i, r in enumerate(spec.paper.results):
+        for key in r.where:
+            if key not in hp:
+                raise UserError(f"{path}: paper.results.{i}.where.{key}: not a config key of {family.name}")
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override (``--set``) and validate a spec file."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_spec(raw, path)
+
+
+def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
+    """A tiny version of any spec: one seed, one epoch, at most 4 configs, small data."""
+    raw = spec.model_dump(mode="python")
+    raw["seeds"], raw["repeats"] = [spec.seed_list[0]], None
+    raw["fixed"] = {**raw["fixed"], **{k: v for k, v in family_smoke.items() if k not in spec.space}, "epochs": 1}
+    raw["data"] = {k: v for k, v in raw["data"].items() if k in ("source", "root") or k not in family_smoke}
+    raw["name"] = f"{spec.name}-smoke"
+    budget = 4
+    space = {}
+    for key, dom in spec.space.items():
+        if isinstance(dom, Grid):
+            keep = max(1, min(len(dom.grid), budget))
+            space[key] = {"grid": dom.grid[:keep]}
+            budget = max(1, budget // keep)
+        else:
+            space[key] = dom_dump(dom)
+    raw["space"] = space
+    raw["search"] = {**raw["search"], "num_samples": min(spec.search.num_samples, 2 if not spec.grid_axes else 1)}
+    if spec.search.algorithm == "optuna":
+        raw["search"]["num_samples"] = 2
+    raw["scheduler"] = {"type": "none"}
+    return Spec.model_validate(raw)
+
+
+def dom_dump(dom: Domain) -> dict[str, Any]:
+    return dom.model_dump(mode="python")
+
+
+def to_param_space(spec: Spec, *, with_seeds: bool = True) -> dict[str, Any]:
+    """The one place where a spec becomes Ray Tune domains (grid_search, choice, ...)."""
+    from ray import tune
+
+    space: dict[str, Any] = dict(spec.base_config())
+    for key, dom in spec.space.items():
+        if isinstance(dom, Grid):
+            space[key] = tune.grid_search(list(dom.grid))
+        elif isinstance(dom, Choice):
+            space[key] = tune.choice(list(dom.choice))
+        elif isinstance(dom, Uniform):
+            space[key] = tune.uniform(*dom.uniform)
+        elif isinstance(dom, LogUniform):
+            space[key] = tune.loguniform(*dom.loguniform)
+        elif isinstance(dom, RandInt):
+            space[key] = tune.randint(*dom.randint)
+    if with_seeds:
+        seeds = spec.seed_list
+        space["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
+    return space
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=False), sort_keys=False)

@@ -1,0 +1,160 @@
+"""Search-space YAML: parsing, overrides, smoke form, Ray Tune domains, and exact error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.errors import UserError
+from study.spec import apply_overrides, load_spec, smoke_spec, to_param_space
+
+SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
+
+GOOD = {
+    "name": "t",
+    "trainable": "digit_pairs",
+    "data": {"source": "mnist-5k", "n_train": 100},
+    "fixed": {"epochs": 2},
+    "space": {"lr": {"loguniform": [0.001, 0.1]}, "arch": {"grid": ["ConvNet", "Siamese"]}},
+    "repeats": 2,
+}
+
+
+def write(tmp_path: Path, raw: dict | str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return p
+
+
+def with_(**changes) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    for key, value in changes.items():
+        node, parts = raw, key.split("__")
+        for p in parts[:-1]:
+            node = node[p]
+        if value is ...:
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_spaces_validate(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.n_trials() >= 1
+    assert spec.metric and spec.mode in ("max", "min")
+
+
+def test_paper_grid_has_800_trials() -> None:
+    spec = load_spec(Path(__file__).parents[2] / "search_spaces" / "digit_pairs_grid.yaml")
+    assert spec.n_trials() == 800
+    assert spec.fixed["epochs"] == 25
+
+
+def test_good_spec_and_domains(tmp_path: Path) -> None:
+    from ray import tune
+
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.seed_list == [0, 1]
+    assert spec.grid_axes == ["arch"]
+    space = to_param_space(spec)
+    assert space["n_train"] == 100 and space["epochs"] == 2
+    assert space["arch"] == tune.grid_search(["ConvNet", "Siamese"])
+    assert space["seed"] == tune.grid_search([0, 1])
+    assert isinstance(space["lr"], tune.search.sample.Float)
+    assert space["lr"].lower == 0.001 and space["lr"].upper == 0.1
+
+
+def test_overrides_dotted_paths(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD), ["fixed.epochs=5", "data.source=mnist", "repeats=3", "fixed.lr_milestones=[3, 4]"])
+    assert spec.fixed["epochs"] == 5
+    assert spec.fixed["lr_milestones"] == [3, 4]
+    assert spec.data.source == "mnist"
+    assert spec.seed_list == [0, 1, 2]
+
+
+def test_smoke_is_tiny(tmp_path: Path) -> None:
+    raw = with_(space={"lr": {"grid": [0.1, 0.2, 0.3]}, "batch_size": {"grid": [10, 20, 30]}, "arch": {"grid": ["ConvNet", "Siamese"]}})
+    spec = smoke_spec(load_spec(write(tmp_path, raw)), {"n_train": 50, "epochs": 1})
+    assert spec.seed_list == [0]
+    assert spec.fixed["epochs"] == 1
+    assert spec.fixed["n_train"] == 50 and "n_train" not in spec.data.config
+    assert 1 <= spec.n_trials() <= 4
+
+
+BAD = [
+    ("name", with_(name="a b"), "s.yaml: name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]*$' (got 'a b')"),
+    ("missing trainable", with_(trainable=...), "s.yaml: trainable: Field required"),
+    ("unknown trainable", with_(trainable="nope"), "s.yaml: trainable: unknown trainable 'nope'; known: digit_pairs"),
+    ("unknown top key", with_(epochs=3), "s.yaml: epochs: Extra inputs are not permitted (got 3)"),
+    ("bad source", with_(data__source="cifar"), "s.yaml: data.source: Input should be 'mnist' or 'mnist-5k' (got 'cifar')"),
+    (
+        "unknown fixed key",
+        with_(fixed__epochz=3),
+        "s.yaml: fixed.epochz: unknown config key for trainable digit_pairs; known: ",
+    ),
+    (
+        "reversed range",
+        with_(space__lr={"loguniform": [0.1, 0.001]}),
+        "s.yaml: space.lr.loguniform: low < high must hold, but got low=0.1, high=0.001",
+    ),
+    (
+        "log of zero",
+        with_(space__lr={"loguniform": [0, 0.1]}),
+        "s.yaml: space.lr.loguniform: low > 0 must hold for a log scale, but got low=0.0",
+    ),
+    (
+        "unknown domain",
+        with_(space__lr={"normal": [0, 1]}),
+        "s.yaml: space.lr: must be a mapping with exactly one of grid, choice, uniform, loguniform, randint, but got {'normal': [0, 1]}",
+    ),
+    ("empty grid", with_(space__arch={"grid": []}), "s.yaml: space.arch.grid: List should have at least 1 item after validation, not 0 (got [])"),
+    ("repeats zero", with_(repeats=0), "s.yaml: repeats: Input should be greater than or equal to 1 (got 0)"),
+    ("mode", with_(mode="maximum"), "s.yaml: mode: Input should be 'max' or 'min' (got 'maximum')"),
+    ("seed in space", with_(fixed__seed=1), "s.yaml: (top level): seed is set by repeats/seeds, not by space or fixed"),
+    (
+        "optuna with grid",
+        with_(search={"algorithm": "optuna"}),
+        "s.yaml: (top level): optuna cannot search grid axes (arch); use choice: [...] instead",
+    ),
+    ("negative cpu", with_(resources={"cpu": 0}), "s.yaml: resources.cpu: Input should be greater than 0 (got 0)"),
+    (
+        "paper where unknown",
+        with_(paper={"results": [{"label": "x", "where": {"depth": 3}, "metric": "test_acc", "value": 0.9}]}),
+        "s.yaml: paper.results.0.where.depth: not a config key of digit_pairs",
+    ),
+]
+
+
+@pytest.mark.parametrize("raw,expected", [(r, e) for _, r, e in BAD], ids=[n for n, _, _ in BAD])
+def test_bad_specs_one_line_messages(tmp_path: Path, raw: dict, expected: str) -> None:
+    path = write(tmp_path, raw)
+    with pytest.raises(UserError) as info:
+        load_spec(path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.replace(str(tmp_path) + "/", "").startswith(expected), msg
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nspace: {lr: [1,\n")
+    with pytest.raises(UserError, match=r"s\.yaml: line \d+, column \d+: invalid YAML"):
+        load_spec(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(UserError, match="nope.yaml: no such spec file"):
+        load_spec("nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [("epochs", "--set 'epochs': must be KEY=VALUE"), ("a..b=1", "--set 'a..b=1': key path must be non-empty"),
+     ("name.x=1", "--set name.x=1: name is not a mapping")],
+)  # fmt: skip
+def test_bad_overrides(override: str, expected: str) -> None:
+    with pytest.raises(UserError, match=expected.replace("[", r"\[").replace(".", r"\.")):
+        apply_overrides({"name": "x"}, [override])
