@@ -62,6 +62,36 @@ def is_continuous(values: pd.Series) -> bool:
     return not is_categorical(values) and values.nunique() > MAX_LEVELS
 
 
+def levels(values: pd.Series, spec: Mapping[str, Any] | None = None) -> list[Any]:
+    """Distinct values in display order: the spec's ``grid``/``choice`` order, then the rest sorted."""
+    listed = []
+    if isinstance(spec, Mapping):
+        listed = list(spec.get("grid") or spec.get("choice") or [])
+    present = list(pd.unique(values))
+    rank = {format_value(v): i for i, v in enumerate(listed)}
+    return sorted(present, key=lambda v: (rank.get(format_value(v), len(rank)), _sort_key(v)))
+
+
+def _sort_key(value: Any) -> tuple:
+    """Numbers before text, missing last, so that mixed columns still sort."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (2, 0.0, "")
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def order_by_space(frame: pd.DataFrame, columns: Sequence[str], space: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows sorted by `columns` in display order (see `levels`), stable otherwise."""
+    if frame.empty or not columns:
+        return frame
+    keys = {}
+    for c in columns:
+        order = {format_value(v): i for i, v in enumerate(levels(frame[c], space.get(c)))}
+        keys[c] = frame[c].map(lambda v, o=order: o[format_value(v)])
+    return frame.iloc[np.lexsort([keys[c].to_numpy() for c in reversed(list(columns))])].reset_index(drop=True)
+
+
 def format_value(value: Any) -> str:
     """A hyperparameter value as text: floats with %g, missing as ``none``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -347,6 +377,30 @@ def compare_factor(
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
+def varying(trials: pd.DataFrame, hyperparameters: Sequence[str]) -> list[str]:
+    """The hyperparameters that take more than one value in `trials`."""
+    return [h for h in hyperparameters if h in trials.columns and trials[h].nunique(dropna=False) > 1]
+
+
+def focus_comparisons(
+    comparisons: pd.DataFrame,
+    trials: pd.DataFrame,
+    best: Mapping[str, Any] | None,
+    hyperparameters: Sequence[str],
+    *,
+    max_contexts: int = 8,
+) -> pd.DataFrame:
+    """The comparisons a report shows: per factor, every context if there are at most
+    `max_contexts`, else only the context of the overall best configuration `best`."""
+    parts = []
+    for factor, part in comparisons.groupby("factor", sort=False):
+        if part["context"].nunique() > max_contexts and best is not None:
+            hold = [h for h in varying(trials, hyperparameters) if h != factor]
+            part = part[part["context"] == (config_label(best, hold) or "all")]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else comparisons.iloc[0:0]
+
+
 # ---------------------------------------------------------------------------------------------
 # parameter importance
 
@@ -579,13 +633,14 @@ def study_tables(results: StudyResults, *, confidence: float = CONFIDENCE) -> di
         if has_metric
         else summary.iloc[0:0].assign(rank=pd.Series(dtype=int))
     )
+    best = order_by_space(best, groups, meta.space)
     best = best.assign(label=[_best_label(r, groups, meta.searched) for r in best.to_dict("records")])
     comparisons = [
         compare_factor(
             trials,
             f,
             metric_col=metric_col,
-            hold=[h for h in meta.hyperparameters if h != f],
+            hold=[h for h in varying(trials, meta.hyperparameters) if h != f],
             confidence=confidence,
         )
         for f in groups

@@ -25,7 +25,7 @@ from study.spec import Spec
 RAY_KEYS = {
     "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id", "date",
     "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
-    "experiment_tag", "error",
+    "experiment_tag", "error", "time_total_s",
 }  # fmt: skip
 NOT_METRICS = {"epoch", "params", "diverged", "lr"}
 STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
@@ -151,7 +151,7 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         err = _error_message(trial_dir, t["meta"]) if status == "ERROR" else None
         row["error"] = err or (last.get("error") if diverged else None)
         trial_rows.append(row)
-    trials = pd.DataFrame(trial_rows)
+    trials = pd.DataFrame(sorted(trial_rows, key=lambda r: r["trial_id"]))
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"])
     epochs_df = pd.DataFrame(epoch_rows)
@@ -252,7 +252,8 @@ def make_progress_callback(spec: Spec, out: TextIO = sys.stdout, every_s: float 
     from ray.tune import Callback
 
     class ProgressCallback(Callback):
-        def __init__(self) -> None:
+        def __init__(self, spec: Spec, out: TextIO) -> None:  # no closures: Tune pickles callbacks
+            self.spec = spec
             self.t0 = time.time()
             self.last_print = 0.0
             self.last_line = ""
@@ -265,6 +266,7 @@ def make_progress_callback(spec: Spec, out: TextIO = sys.stdout, every_s: float 
             self.__dict__.update(state, out=sys.stdout)
 
         def _line(self, trials: list) -> str:
+            spec = self.spec
             counts: dict[str, int] = {}
             best, best_trial = None, None
             for t in trials:
@@ -306,4 +308,4 @@ def make_progress_callback(spec: Spec, out: TextIO = sys.stdout, every_s: float 
                 print(line, file=self.out, flush=True)
                 self.last_line, self.last_print = line, time.time()
 
-    return ProgressCallback()
+    return ProgressCallback(spec, out)

@@ -241,6 +241,9 @@ def run_study(
     data = family.load_data(spec.data.source, spec.data.root)
     print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own tables off: our progress lines instead
+    # a trial that diverges in its first epoch reports no metric yet (it is recorded as DIVERGED)
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     progress = results_mod.make_progress_callback(spec, out=out)
     tuner = build_tuner(spec, study_dir, storage_root, data, progress)
     interrupted = False

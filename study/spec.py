@@ -207,7 +207,7 @@ def _format_error(path: str, err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     where = _loc(first["loc"])
     value = first.get("input")
-    shown = "" if first["type"] == "missing" or "got" in msg else f" (got {value!r})"
+    shown = "" if first["type"] == "missing" or "got" in msg or not first["loc"] else f" (got {value!r})"
     if msg.startswith(f"{where}."):  # the validator named the exact key path itself
         where, msg = msg.split(": ", 1)
     extra = len({_loc(e["loc"]) for e in errors}) - 1
@@ -301,8 +301,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
 
 
 def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
-    """A tiny version of any spec: one seed, one epoch, at most 4 configs, small data."""
+    """A tiny version of any spec: one seed, one epoch, at most 4 configs, small bundled data."""
     raw = spec.model_dump(mode="python")
+    raw["data"]["source"] = "mnist-5k"
     raw["seeds"], raw["repeats"] = [spec.seed_list[0]], None
     raw["fixed"] = {**raw["fixed"], **{k: v for k, v in family_smoke.items() if k not in spec.space}, "epochs": 1}
     raw["data"] = {k: v for k, v in raw["data"].items() if k in ("source", "root") or k not in family_smoke}

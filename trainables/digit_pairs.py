@@ -10,7 +10,8 @@ pixels / 255, then standardised with the mean and std (two scalars) of the train
 to train and test pairs alike.
 
 Nets (``arch``, the paper's names). The figures with the layer sizes are lost; the sizes below are
-those of the authors' public code and give all four of the paper's parameter counts exactly:
+those of the authors' public code (``models.py``: basicFcnet, basicConvnet,
+parallelConv, siamese) and give all four of the paper's parameter counts exactly:
 
 =============  =========  =========
 arch           ours       paper
@@ -29,9 +30,14 @@ Siamese           34,964     34,964  (34,922 branch + 42 head)
 - ConvNet: the branch's conv stack with 2 input channels and BatchNorm2d after each conv, then
   Linear 128 -> 81 -> ReLU -> 2. Deviation from the paper's prose ("3 linear layers", "same
   structure ... except for the input and output size"): no such pair with plausible sizes gives
-  both counts, since ConvNet - branch = k1^2 c1 - 8 (h + 1) = 2,083 is odd (first kernel k1,
-  channels c1, last hidden width h), which needs an odd c1 >= 43; these sizes give both exactly.
+  both counts: ConvNet - branch = k1^2 c1 - 8 (h + 1) = 2,083 (first kernel k1, its channels c1,
+  last hidden width h) needs odd k1 and c1 with k1^2 c1 >= 2,091 (e.g. 7x7, 43 channels, h = 2).
 - **Choice**: BatchNorm before ReLU (the authors' code applies it after).
+
+Training: SGD with momentum 0.9 (**choice**: the paper names no optimiser; its authors' code uses
+this). One seed on mnist-5k, 25 epochs, test accuracy: Siamese 90.3% (lr 0.01, batch 100),
+parallelConv 87.5% (lr 0.01, batch 100), ConvNet 80.0% (lr 0.05, batch 25); with momentum 0,
+Siamese stays at 58.8% (digit accuracy 19%).
 
 Loss: cross-entropy on the comparison; with ``aux_loss`` (two-branch nets only), plus
 ``aux_weight`` x (cross-entropy of each branch's digit logits), weight 1 in the paper.
@@ -41,6 +47,7 @@ Loss: cross-entropy on the comparison; with ``aux_loss`` (two-branch nets only),
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -63,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 25,  # passes over the training pairs
     "batch_size": 100,  # pairs per optimiser step
     "lr": 0.01,  # learning rate
-    "optimizer": "sgd",  # the paper does not name it; plain SGD (lr 0.1 being best for FconnNet)
+    "optimizer": "sgd",  # the paper does not name it; the authors' code uses SGD
+    "momentum": 0.9,  # SGD momentum of the authors' code; with 0, parallelConv/Siamese barely learn in 25 epochs
 }
 PAPER_PARAMS: dict[str, int] = {"FconnNet": 377_826, "ConvNet": 37_005, "parallelConv": 69_886, "Siamese": 34_964}
 ARCHS = tuple(PAPER_PARAMS)
@@ -173,7 +181,7 @@ def conv_stack(in_channels: int, *, batch_norm: bool) -> nn.Sequential:
 def mlp(widths: tuple[int, ...], *, batch_norm: bool) -> nn.Sequential:
     """Linear layers through `widths`, [BatchNorm1d +] ReLU after each hidden one, none after the last."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers += [nn.BatchNorm1d(b)] if batch_norm else []

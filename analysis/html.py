@@ -1,0 +1,481 @@
+"""The report as one HTML string: pure functions from tables and figures to text (no file I/O).
+
+Every piece of text from the spec or the results goes through `esc` (``html.escape``). Plotly's
+JavaScript is inlined once in ``<head>``; figures are ``to_html(include_plotlyjs=False)`` divs,
+so the file opens offline with no CDN and no server.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.offline
+
+from analysis.load import STATUSES, StudyMeta
+from analysis.plots import FigureItem, is_fraction
+from analysis.tables import config_label, format_value
+
+MAX_FAILURE_ROWS = 200  # failed/diverged trials listed in the report (all are in trials.parquet)
+MAX_ERROR_CHARS = 600  # characters of an error message shown (the full text is in trials.parquet)
+FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
+
+SECTIONS = (  # (id, title) in report order
+    ("paper", "Paper vs reproduced"),
+    ("best", "Best configurations"),
+    ("comparisons", "Paired comparisons"),
+    ("effects", "Effect of each searched hyperparameter"),
+    ("heatmaps", "Heat maps of grid axes"),
+    ("curves", "Learning curves"),
+    ("parallel", "All trials"),
+    ("importance", "Hyperparameter importance"),
+    ("failures", "Failed and diverged trials"),
+)
+
+CSS = """
+:root { --fg:#1d232b; --muted:#5b6572; --line:#dfe3e8; --bg:#f7f8fa; --ok:#1f7a3d; --warn:#8a5a00; --bad:#a12622; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       margin: 0; background: #fff; }
+header { background: var(--bg); border-bottom: 1px solid var(--line); padding: 18px 28px 10px; }
+main { padding: 4px 28px 40px; max-width: 1500px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; padding-top: 6px;
+     border-top: 1px solid var(--line); } h3 { font-size: 15px; margin: 14px 0 6px; }
+.desc { color: var(--muted); margin: 0 0 10px; max-width: 900px; }
+.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 8px 0; }
+.facts dt { color: var(--muted); } .facts dd { margin: 0; }
+.banner { padding: 8px 12px; border-radius: 6px; margin: 8px 0; border: 1px solid; }
+.banner.ok { color: var(--ok); background: #eef8f1; border-color: #b8e0c4; }
+.banner.warn { color: var(--warn); background: #fff7e6; border-color: #f0d39b; }
+.banner.bad { color: var(--bad); background: #fdeeee; border-color: #f0b9b7; }
+.pill { display: inline-block; padding: 1px 8px; border-radius: 10px; background: #e9edf2; margin-right: 6px; }
+.pill.TERMINATED { background: #dff2e5; } .pill.DIVERGED { background: #fde7c7; }
+.pill.ERROR { background: #f9d3d1; } .pill.RUNNING, .pill.PENDING { background: #dde8fb; }
+nav { margin-top: 8px; } nav a { margin-right: 12px; color: #2457a6; text-decoration: none; }
+table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 9px; text-align: left; vertical-align: top; }
+th { background: var(--bg); font-weight: 600; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr:hover td { background: #fafbfc; }
+.yes { color: var(--ok); font-weight: 600; } .no { color: var(--bad); font-weight: 600; }
+.note, .caption { color: var(--muted); font-size: 12.5px; }
+code.err { white-space: pre-wrap; word-break: break-word; font-size: 12px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 10px 18px; }
+.fig { min-width: 0; border: 1px solid var(--line); border-radius: 6px; padding: 4px; }
+.side { display: flex; gap: 18px; overflow-x: auto; align-items: flex-start; }
+.side > div { flex: 1 0 460px; min-width: 460px; }
+.scroll { overflow-x: auto; }
+footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
+"""
+
+
+def esc(value: Any) -> str:
+    """HTML-escaped text of any value (the only way spec and result text enters the page)."""
+    return html.escape(value if isinstance(value, str) else format_value(value))
+
+
+def fmt_metric(value: Any, metric: str) -> str:
+    """A metric value: percentage with 2 decimals for fractions, 4 significant digits otherwise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
+        return "—"
+    v = float(value)
+    return f"{100 * v:.2f}%" if is_fraction(metric) else f"{v:.4g}"
+
+
+def fmt_diff(value: Any, metric: str) -> str:
+    """A difference of metric values: percentage points for fractions."""
+    if value is None or pd.isna(value):
+        return "—"
+    v = float(value)
+    return f"{100 * v:+.2f} pp" if is_fraction(metric) else f"{v:+.4g}"
+
+
+def fmt_ci(lo: Any, hi: Any, metric: str) -> str:
+    """``[lo, hi]`` or a dash when there is no interval (fewer than 2 repeats)."""
+    if pd.isna(lo) or pd.isna(hi):
+        return "—"
+    return f"[{fmt_metric(lo, metric)}, {fmt_metric(hi, metric)}]"
+
+
+def fmt_duration(seconds: float) -> str:
+    """``3 h 05 min``, ``4 min 10 s`` or ``12.3 s``."""
+    if seconds is None or pd.isna(seconds):
+        return "—"
+    s = float(seconds)
+    if s >= 3600:
+        return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+    if s >= 60:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{s:.1f} s"
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value with 2 significant digits (``< 1e-4`` below that)."""
+    if p is None or pd.isna(p):
+        return "—"
+    return "< 1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
+Column = tuple[str, Callable[[Mapping[str, Any]], str], bool]  # (header, cell text already escaped, numeric)
+
+
+def table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, css: str = "") -> str:
+    """A ``<table>``; each column's function returns already-escaped cell HTML."""
+    head = "".join(f"<th>{esc(h)}</th>" for h, _, _ in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td{' class=num' if num else ''}>{fn(r)}</td>" for _, fn, num in columns) + "</tr>"
+        for r in rows
+    )
+    return f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def figure_html(item: FigureItem) -> str:
+    """A figure as a div (no plotly.js), with its caption."""
+    div_id = "fig-" + re.sub(r"[^A-Za-z0-9_-]", "_", item.key)
+    div = item.figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=FIGURE_CONFIG)
+    caption = f'<div class="caption">{esc(item.caption)}</div>' if item.caption else ""
+    return f'<div class="fig">{div}{caption}</div>'
+
+
+def page(title: str, body: str) -> str:
+    """The whole document: plotly.js inlined once, then `body`."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
+        f"</head><body>{body}</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# sections of a study report
+
+
+def status_counts(trials: pd.DataFrame) -> dict[str, int]:
+    """Trials per status, known statuses first (zeros left out)."""
+    counts = trials["status"].astype(str).value_counts()
+    known = {s: int(counts.get(s, 0)) for s in STATUSES if counts.get(s, 0)}
+    return known | {str(s): int(n) for s, n in counts.items() if s not in STATUSES}
+
+
+def state_banner(counts: Mapping[str, int]) -> str:
+    """Says whether the study is complete, still running or partly failed."""
+    total = sum(counts.values())
+    done = counts.get("TERMINATED", 0)
+    running = counts.get("RUNNING", 0) + counts.get("PENDING", 0)
+    failed = counts.get("ERROR", 0) + counts.get("DIVERGED", 0)
+    parts = []
+    if running:
+        parts.append(
+            f'<div class="banner warn"><b>Study still running</b>: {done} of {total} trials finished, '
+            f"{counts.get('RUNNING', 0)} running, {counts.get('PENDING', 0)} pending. This report covers what is "
+            "there (finished trials only); run <code>study report</code> again for the rest.</div>"
+        )
+    if failed:
+        parts.append(
+            f'<div class="banner bad"><b>Partly failed</b>: {counts.get("ERROR", 0)} trial(s) errored and '
+            f"{counts.get('DIVERGED', 0)} diverged; they are listed under "
+            '<a href="#failures">Failed and diverged trials</a> and left out of means.</div>'
+        )
+    if not parts:
+        parts.append(f'<div class="banner ok"><b>Complete</b>: all {total} trials finished.</div>')
+    return "".join(parts)
+
+
+def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, sections: Sequence[str]) -> str:
+    """Study name and description, facts, trial counts by status, compute time, section links."""
+    counts = status_counts(trials)
+    wall = pd.to_numeric(trials.get("wall_time_s", pd.Series(dtype=float)), errors="coerce")
+    facts = [
+        ("Spec file", esc(meta.spec_file) or "—"),
+        ("Trainable", esc(meta.trainable) or "—"),
+        ("Data source", esc(meta.data_source) or "—"),
+        ("Ranked by", f"final {esc(meta.metric)} ({'higher' if meta.mode == 'max' else 'lower'} is better)"),
+        ("Searched", esc(", ".join(meta.searched)) or "—"),
+        ("Trials", " ".join(f'<span class="pill {esc(s)}">{esc(s)} {n}</span>' for s, n in counts.items())),
+        (
+            "Compute time",
+            (
+                f"{fmt_duration(wall.sum())} in total; per trial mean {fmt_duration(wall.mean())}, "
+                f"median {fmt_duration(wall.median())}, max {fmt_duration(wall.max())} "
+                f"({epochs_rows} epochs reported)"
+            ),
+        ),
+    ]
+    if meta.paper and meta.paper.get("citation"):
+        facts.append(("Paper", esc(meta.paper["citation"])))
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+    titles = dict(SECTIONS)
+    nav = "".join(f'<a href="#{s}">{esc(titles[s])}</a>' for s in sections)
+    desc = f'<p class="desc">{esc(meta.description)}</p>' if meta.description else ""
+    return (
+        f"<header><h1>Study report: {esc(meta.name)}</h1>{desc}{state_banner(counts)}"
+        f'<dl class="facts">{dl}</dl><nav>{nav}</nav></header>'
+    )
+
+
+def paper_html(paper: pd.DataFrame) -> str:
+    """Paper vs reproduced table."""
+    if paper.empty:
+        return '<p class="note">The spec has no <code>paper:</code> block.</p>'
+
+    def in_ci(r: Mapping[str, Any]) -> str:
+        if r["in_ci"] is None or pd.isna(r["in_ci"]):
+            return "—"
+        return '<span class="yes">yes</span>' if r["in_ci"] else '<span class="no">no</span>'
+
+    def paper_value(r: Mapping[str, Any]) -> str:
+        std = "" if pd.isna(r["paper_std"]) else f" ± {fmt_metric(r['paper_std'], r['metric'])}"
+        return fmt_metric(r["paper_value"], r["metric"]) + std
+
+    columns: list[Column] = [
+        ("Result", lambda r: esc(r["label"]), False),
+        ("Where", lambda r: esc(r["where"]), False),
+        ("Metric", lambda r: esc(r["metric"]), False),
+        ("Paper", paper_value, True),
+        ("Reproduced mean", lambda r: fmt_metric(r["mean"], r["metric"]), True),
+        ("± std", lambda r: fmt_metric(r["std"], r["metric"]), True),
+        ("95% CI", lambda r: fmt_ci(r["ci_lo"], r["ci_hi"], r["metric"]), True),
+        ("n", lambda r: esc(r["n"]), True),
+        ("Reproduced − paper", lambda r: fmt_diff(r["diff"], r["metric"]), True),
+        ("Paper in CI", in_ci, False),
+        ("Note", lambda r: esc(r["note"]), False),
+    ]
+    return table_html(paper.to_dict("records"), columns)
+
+
+def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str]) -> str:
+    """Best configuration per group: hyperparameters, parameter count, repeats, mean, std, CI."""
+    if best.empty:
+        return '<p class="note">No finished trial yet.</p>'
+    m, col = meta.metric, meta.metric_col
+    columns: list[Column] = [(k, lambda r, k=k: esc(r[k]), False) for k in keys]
+    if "params" in best.columns:
+        columns.append(("params", lambda r: "—" if pd.isna(r["params"]) else f"{int(r['params']):,}", True))
+    columns += [
+        ("repeats", lambda r: f"{int(r['n_finished'])}/{int(r['n_trials'])}", True),
+        (f"final {m} mean", lambda r: f"<b>{fmt_metric(r[f'{col}_mean'], m)}</b>", True),
+        ("± std", lambda r: fmt_metric(r[f"{col}_std"], m), True),
+        ("95% CI", lambda r: fmt_ci(r[f"{col}_ci_lo"], r[f"{col}_ci_hi"], m), True),
+    ]
+    if f"best_{m}_mean" in best.columns:
+        columns.append((f"best-epoch {m}", lambda r: fmt_metric(r[f"best_{m}_mean"], m), True))
+    columns.append(("diverged/errors", lambda r: f"{int(r['n_diverged'])}/{int(r['n_error'])}", True))
+    if "rank" in best.columns and best["rank"].max() > 1:
+        columns.insert(0, ("rank", lambda r: esc(r["rank"]), True))
+    return table_html(best.to_dict("records"), columns)
+
+
+def comparisons_html(comparisons: pd.DataFrame, metric: str, total: int) -> str:
+    """Welch comparisons (already filtered for the report); `total` = rows in comparisons.parquet."""
+    if comparisons.empty:
+        return (
+            '<p class="note">No comparison: a categorical searched hyperparameter needs at least two levels '
+            "with two or more finished repeats each in the same context.</p>"
+        )
+    columns: list[Column] = [
+        ("Factor", lambda r: esc(r["factor"]), False),
+        ("Other hyperparameters held at", lambda r: esc(r["context"]), False),
+        ("a", lambda r: esc(r["level_a"]), False),
+        ("b", lambda r: esc(r["level_b"]), False),
+        ("n a/b", lambda r: f"{int(r['n_a'])}/{int(r['n_b'])}", True),
+        ("mean a", lambda r: fmt_metric(r["mean_a"], metric), True),
+        ("mean b", lambda r: fmt_metric(r["mean_b"], metric), True),
+        ("b − a", lambda r: f"<b>{fmt_diff(r['diff'], metric)}</b>", True),
+        ("95% CI of b − a", lambda r: _diff_ci(r, metric), True),
+        ("Welch p", lambda r: fmt_p(r["p_value"]), True),
+    ]
+    note = (
+        f'<p class="note">Showing {len(comparisons)} of {total} comparisons (all in '
+        "<code>results/comparisons.parquet</code>).</p>"
+        if total > len(comparisons)
+        else ""
+    )
+    return table_html(comparisons.to_dict("records"), columns) + note
+
+
+def _diff_ci(r: Mapping[str, Any], metric: str) -> str:
+    if pd.isna(r["diff_ci_lo"]):
+        return "—"
+    return f"[{fmt_diff(r['diff_ci_lo'], metric)}, {fmt_diff(r['diff_ci_hi'], metric)}]"
+
+
+def failures_html(trials: pd.DataFrame, keys: Sequence[str]) -> str:
+    """Failed (ERROR) and diverged trials with their configuration and error text."""
+    bad = trials[trials["status"].isin(["ERROR", "DIVERGED"])]
+    if bad.empty:
+        return '<p class="note">None.</p>'
+    shown = bad.head(MAX_FAILURE_ROWS)
+
+    def error(r: Mapping[str, Any]) -> str:
+        e = r.get("error")
+        if e is None or (isinstance(e, float) and math.isnan(e)):
+            return "—"
+        e = str(e)
+        cut = e[:MAX_ERROR_CHARS] + (" …" if len(e) > MAX_ERROR_CHARS else "")
+        return f'<code class="err">{esc(cut)}</code>'
+
+    columns: list[Column] = [
+        ("Trial", lambda r: esc(r["trial_id"]), False),
+        ("Status", lambda r: f'<span class="pill {esc(r["status"])}">{esc(r["status"])}</span>', False),
+        ("Configuration", lambda r: esc(config_label(r, keys)), False),
+        ("Seed", lambda r: esc(r.get("seed", "—")), True),
+        ("Epochs done", lambda r: esc(r.get("epochs_done", "—")), True),
+        ("Error", error, False),
+    ]
+    more = (
+        f'<p class="note">Showing {len(shown)} of {len(bad)}; all are in <code>results/trials.parquet</code>.</p>'
+        if len(bad) > len(shown)
+        else ""
+    )
+    return table_html(shown.to_dict("records"), columns) + more
+
+
+def study_report_html(
+    meta: StudyMeta,
+    tables: Mapping[str, pd.DataFrame],
+    figures: Sequence[FigureItem],
+    *,
+    report_comparisons: pd.DataFrame,
+    epochs_rows: int,
+    generated: _dt.datetime | None = None,
+) -> str:
+    """The whole study report."""
+    trials = tables["trials"]
+    by_section: dict[str, list[FigureItem]] = {}
+    for item in figures:
+        by_section.setdefault(item.section, []).append(item)
+    groups_first = _best_keys(tables["best"], meta)
+    empty = '<p class="note">No data for this plot yet (no finished trial).</p>'
+    bodies = {
+        "paper": paper_html(tables["paper"]),
+        "best": best_html(tables["best"], meta, groups_first)
+        + '<p class="note">Ranked by the mean over repeats of the final '
+        f"{esc(meta.metric)}; one row per level of the categorical searched hyperparameters.</p>",
+        "comparisons": comparisons_html(report_comparisons, meta.metric, len(tables["comparisons"])),
+        "failures": failures_html(trials, list(meta.searched) or list(meta.hyperparameters)),
+    }
+    for section in ("effects", "heatmaps", "curves", "parallel", "importance"):
+        items = by_section.get(section, [])
+        wrap = "grid" if section in ("effects", "heatmaps") and len(items) > 1 else ""
+        bodies[section] = f'<div class="{wrap}">' + "".join(map(figure_html, items)) + "</div>" if items else empty
+    if "heatmaps" not in by_section and len(meta.grid_axes) < 2:
+        bodies["heatmaps"] = '<p class="note">Fewer than two grid axes: no heat map.</p>'
+    order = [s for s, _ in SECTIONS]
+    main = "".join(f'<section id="{s}"><h2>{esc(dict(SECTIONS)[s])}</h2>{bodies[s]}</section>' for s in order)
+    stamp = (generated or _dt.datetime.now()).strftime("%Y-%m-%d %H:%M")
+    footer = (
+        f"<footer>Generated {stamp} from results/trials.parquet ({len(trials)} trials) and "
+        f"results/epochs.parquet ({epochs_rows} rows). Tables: results/summary.parquet and friends.</footer>"
+    )
+    return page(
+        f"{meta.name} — study report", header_html(meta, trials, epochs_rows, order) + f"<main>{main}</main>" + footer
+    )
+
+
+def _best_keys(best: pd.DataFrame, meta: StudyMeta) -> list[str]:
+    """Columns of the best table: searched hyperparameters (group ones first), then fixed ones
+    that still vary."""
+    keys = [k for k in meta.searched if k in best.columns]
+    return keys or [k for k in meta.hyperparameters if k in best.columns]
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison report
+
+
+def comparison_report_html(
+    studies: Sequence[tuple[str, StudyMeta, Mapping[str, pd.DataFrame]]],
+    figures: Sequence[FigureItem],
+    *,
+    generated: _dt.datetime | None = None,
+) -> str:
+    """Several studies side by side: an overview row per study, a merged paper table, and each
+    study's best configurations and paper table in its own column."""
+    overview_rows = []
+    for name, meta, tables in studies:
+        counts = status_counts(tables["trials"])
+        overview_rows.append(
+            {
+                "name": name,
+                "meta": meta,
+                "counts": counts,
+                "wall": pd.to_numeric(tables["trials"].get("wall_time_s"), errors="coerce").sum(),
+            }
+        )
+    overview = table_html(
+        overview_rows,
+        [
+            ("Study", lambda r: f"<b>{esc(r['name'])}</b>", False),
+            ("Trainable", lambda r: esc(r["meta"].trainable), False),
+            ("Data", lambda r: esc(r["meta"].data_source), False),
+            ("Spec file", lambda r: esc(r["meta"].spec_file), False),
+            ("Ranked by", lambda r: f"{esc(r['meta'].metric)} ({esc(r['meta'].mode)})", False),
+            (
+                "Trials",
+                lambda r: " ".join(f'<span class="pill {esc(s)}">{esc(s)} {n}</span>' for s, n in r["counts"].items()),
+                False,
+            ),
+            ("Compute", lambda r: fmt_duration(r["wall"]), True),
+        ],
+    )
+    merged = merged_paper_html(studies)
+    columns = "".join(
+        f"<div><h3>{esc(name)}</h3>{state_banner(status_counts(tables['trials']))}"
+        f"<h3>Best configurations</h3>{best_html(tables['best'], meta, _best_keys(tables['best'], meta))}"
+        f"<h3>Paper vs reproduced</h3>{paper_html(tables['paper'])}</div>"
+        for name, meta, tables in studies
+    )
+    figs = "".join(map(figure_html, figures))
+    names = ", ".join(name for name, _, _ in studies)
+    stamp = (generated or _dt.datetime.now()).strftime("%Y-%m-%d %H:%M")
+    body = (
+        f"<header><h1>Study comparison: {esc(names)}</h1>{overview}</header><main>"
+        f'<section id="best"><h2>Best configurations</h2>{figs}</section>'
+        f'<section id="paper"><h2>Paper vs reproduced, all studies</h2>{merged}</section>'
+        f'<section id="side"><h2>Side by side</h2><div class="side">{columns}</div></section>'
+        f"</main><footer>Generated {stamp}.</footer>"
+    )
+    return page(f"Comparison — {names}", body)
+
+
+def merged_paper_html(studies: Sequence[tuple[str, StudyMeta, Mapping[str, pd.DataFrame]]]) -> str:
+    """One row per paper result label, one column group per study (mean, CI, paper in CI)."""
+    labels: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, _, tables in studies:
+        for r in tables["paper"].to_dict("records"):
+            key = (r["label"], r["metric"])
+            row = labels.setdefault(key, {"label": r["label"], "metric": r["metric"], "studies": {}})
+            row.setdefault("paper", r["paper_value"])
+            row["studies"][name] = r
+    if not labels:
+        return '<p class="note">No study has a <code>paper:</code> block.</p>'
+
+    def cell(name: str) -> Callable[[Mapping[str, Any]], str]:
+        def fn(row: Mapping[str, Any]) -> str:
+            r = row["studies"].get(name)
+            if r is None:
+                return "—"
+            mark = (
+                ""
+                if r["in_ci"] is None
+                else (" <span class=yes>✓</span>" if r["in_ci"] else " <span class=no>✗</span>")
+            )
+            return f"{fmt_metric(r['mean'], r['metric'])} {fmt_ci(r['ci_lo'], r['ci_hi'], r['metric'])}{mark}"
+
+        return fn
+
+    columns: list[Column] = [
+        ("Result", lambda r: esc(r["label"]), False),
+        ("Metric", lambda r: esc(r["metric"]), False),
+        ("Paper", lambda r: fmt_metric(r["paper"], r["metric"]), True),
+    ] + [(f"{name}: mean [95% CI]", cell(name), True) for name, _, _ in studies]
+    return table_html(list(labels.values()), columns) + (
+        '<p class="note">✓: the paper\'s value lies in the reproduced 95% CI; ✗: it does not.</p>'
+    )

@@ -1,0 +1,314 @@
+"""Multi-node Ray clusters on one machine, for fault tests (see NOTES.md).
+
+Every node is one `ray start --block` process started in its own process group, so
+killing a node is `killpg(SIGKILL)` (what a reclaimed spot instance looks like to
+Ray) and clean-up kills exactly the groups this harness started: never `ray stop`,
+which stops every Ray on the machine. Each cluster has a private temp dir (through
+RAY_TMPDIR, so not even /tmp/ray/ray_current_cluster is shared), picks free ports,
+binds its dashboard to 127.0.0.1, and runs with token authentication explicitly off.
+
+Fixtures:
+    multinode_cluster: head (0 CPUs, like cluster.yaml) + 2 workers with 1 CPU each.
+    local_cluster_factory: start(**LocalRayCluster.start kwargs) -> LocalRayCluster.
+    autoscaling_cluster: head started with fake_multinode.yaml (workers from zero).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+RAY_BIN = str(Path(sys.executable).parent / "ray")
+FAKE_MULTINODE_YAML = Path(__file__).with_name("fake_multinode.yaml")
+
+# Seconds to wait for a node to start / join / be declared dead before failing the test.
+START_TIMEOUT_S = 90.0
+# Seconds a node's process group gets after SIGTERM before SIGKILL at clean-up.
+STOP_GRACE_S = 10.0
+OBJECT_STORE_BYTES = 100 * 1024 * 1024  # per node; Ray's minimum is ~75 MiB
+
+# Environment of every process of the cluster (and what a subprocess driver needs).
+CLUSTER_ENV = {
+    # Explicit: with RAY_AUTH_MODE unset, `ray start --head` turns token auth on
+    # whenever ~/.ray/auth_token exists (any earlier ray.init() on the machine creates it).
+    "RAY_AUTH_MODE": "disabled",
+    # SIGTERM to `ray start --block` otherwise drains the node for 30 s before exiting.
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    # GCS declares a killed node dead after ~2 s instead of ~15 s (defaults 3 s x 5).
+    "RAY_health_check_initial_delay_ms": "0",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "4",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+@dataclass
+class Node:
+    """One `ray start --block` process group. `node_id` is Ray's hex node id."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    node_id: str = ""
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class LocalRayCluster:
+    """A Ray cluster of local nodes. Connect with ray.init(address=cluster.address)
+    in-process, or run a driver subprocess with env=cluster.env."""
+
+    temp_dir: Path
+    address: str = ""  # "ip:port" of the GCS
+    dashboard_url: str | None = None  # "http://127.0.0.1:port" (Jobs API) if started with dashboard=True
+    head: Node | None = None
+    worker_nodes: list[Node] = field(default_factory=list)
+    _all: list[Node] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **CLUSTER_ENV, "RAY_TMPDIR": str(self.temp_dir), "RAY_ADDRESS": self.address}
+
+    # --- starting -------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Node:
+        log = self.temp_dir / f"{name}.log"
+        env = {**self.env, **(extra_env or {})}
+        if not self.address:
+            env.pop("RAY_ADDRESS")
+        proc = subprocess.Popen(
+            [RAY_BIN, "start", "--block", "--disable-usage-stats", *args],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the unit we kill
+        )
+        node = Node(name, proc, log)
+        self._all.append(node)
+        return node
+
+    def start_head(
+        self,
+        *,
+        num_cpus: int = 0,
+        dashboard: bool = False,
+        autoscaling_config: Path | None = None,
+        gcs_port: int = 0,
+    ) -> None:
+        """Start the head node; gcs_port 0 lets the GCS pick a free port."""
+        args = [
+            "--head",
+            f"--port={gcs_port}",
+            f"--num-cpus={num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            f"--object-store-memory={OBJECT_STORE_BYTES}",
+            f"--ray-client-server-port={_free_port()}",
+            "--dashboard-agent-listen-port=0",
+            f"--include-dashboard={str(dashboard).lower()}",
+        ]
+        port = _free_port() if dashboard else None
+        if dashboard:
+            args += ["--dashboard-host=127.0.0.1", f"--dashboard-port={port}"]
+        extra_env = {}
+        if autoscaling_config is not None:
+            args.append(f"--autoscaling-config={autoscaling_config}")
+            extra_env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+        self.head = self._spawn("head", args, extra_env)
+        address_file = self.temp_dir / "ray_current_cluster"  # written once the head is up
+        _wait_for(lambda: address_file.exists() and address_file.read_text().strip(), self.head, "head to start")
+        self.address = address_file.read_text().strip()
+        self.head.node_id = _wait_for(lambda: self._new_node_id(), self.head, "head to register")
+        if dashboard:
+            self.dashboard_url = f"http://127.0.0.1:{port}"
+            _wait_for(lambda: _http_ok(f"{self.dashboard_url}/api/version"), self.head, "dashboard")
+
+    def add_worker(self, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None) -> Node:
+        """Start one worker node and wait until the GCS lists it alive."""
+        name = f"worker{len([n for n in self._all if n.name.startswith('worker')])}"
+        args = [
+            f"--address={self.address}",
+            f"--num-cpus={num_cpus}",
+            f"--num-gpus={num_gpus}",
+            f"--object-store-memory={OBJECT_STORE_BYTES}",
+            "--dashboard-agent-listen-port=0",
+        ]
+        if resources:
+            args.append(f"--resources={json.dumps(resources)}")
+        node = self._spawn(name, args)
+        node.node_id = _wait_for(lambda: self._new_node_id(), node, f"{name} to join")
+        self.worker_nodes.append(node)
+        return node
+
+    # --- faults ---------------------------------------------------------------
+    def kill_worker(self, i: int) -> str:
+        """SIGKILL every process of worker node i (raylet, its trial workers, agents) and
+        wait until the GCS declares it dead. Returns the dead node's id."""
+        node = self.worker_nodes.pop(i)
+        _kill_group(node, signal.SIGKILL)
+        _wait_for(lambda: node.node_id not in self.alive_node_ids(), None, f"{node.name} to be declared dead")
+        return node.node_id
+
+    # --- state ----------------------------------------------------------------
+    def alive_node_ids(self) -> set[str]:
+        return {nid for nid, info in self._node_infos().items() if info.state == 0}  # 0 = ALIVE
+
+    def _node_infos(self) -> dict:
+        from ray._raylet import GcsClient
+
+        infos = GcsClient(address=self.address).get_all_node_info(timeout=5)
+        return {nid.hex(): info for nid, info in infos.items()}
+
+    def _new_node_id(self) -> str | None:
+        known = {n.node_id for n in self._all}
+        new = self.alive_node_ids() - known
+        return new.pop() if len(new) == 1 else None
+
+    # --- clean-up -------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop every node this object started (and nothing else); remove temp_dir."""
+        _disconnect_driver_from(self.address)
+        for node in self._all:
+            _kill_group(node, signal.SIGTERM)
+        for node in self._all:
+            try:
+                node.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(node, signal.SIGKILL)  # stragglers of the group (trial workers, fake nodes)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait_for(condition: Callable[[], object], node: Node | None, what: str, timeout: float = START_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node is not None and node.proc.poll() is not None:
+            raise RuntimeError(f"{node.name} exited with {node.proc.returncode} waiting for {what}:\n{_tail(node.log)}")
+        try:
+            value = condition()
+        except Exception:  # GCS not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    log = f":\n{_tail(node.log)}" if node is not None else ""
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{log}")
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _kill_group(node: Node, sig: signal.Signals) -> None:
+    try:
+        os.killpg(node.pgid, sig)
+    except ProcessLookupError:
+        pass
+    if sig == signal.SIGKILL:
+        try:
+            node.proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _disconnect_driver_from(address: str) -> None:
+    # A driver still connected when its GCS disappears exits the whole process after
+    # gcs_rpc_server_reconnect_timeout_s: disconnect this (pytest) process first.
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _new_cluster() -> LocalRayCluster:
+    # Short path under /tmp: Ray's unix sockets live below it (108-byte limit).
+    return LocalRayCluster(temp_dir=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
+
+
+@pytest.fixture
+def local_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
+    """start(num_workers=2, cpus_per_worker=1, worker_resources=None, dashboard=False)."""
+    clusters: list[LocalRayCluster] = []
+
+    def start(
+        *,
+        num_workers: int = 2,
+        cpus_per_worker: int = 1,
+        gpus_per_worker: int = 0,
+        worker_resources: dict[str, float] | None = None,
+        dashboard: bool = False,
+    ) -> LocalRayCluster:
+        cluster = _new_cluster()
+        clusters.append(cluster)
+        cluster.start_head(dashboard=dashboard)
+        for _ in range(num_workers):
+            cluster.add_worker(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, resources=worker_resources)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.shutdown()
+
+
+@pytest.fixture
+def multinode_cluster(local_cluster_factory) -> LocalRayCluster:
+    """Head with 0 CPUs (runs no trials, like cluster.yaml) + 2 workers with 1 CPU each."""
+    return local_cluster_factory(num_workers=2, cpus_per_worker=1)
+
+
+@pytest.fixture
+def autoscaling_cluster() -> Iterator[LocalRayCluster]:
+    """Head (0 CPUs) whose autoscaler adds fake_multinode.yaml workers from zero.
+    `worker_nodes` stays empty: the autoscaler owns the workers (same process group)."""
+    cluster = _new_cluster()
+    config = yaml.safe_load(FAKE_MULTINODE_YAML.read_text())
+    try:
+        # The fake provider connects its nodes to <ip>:6379 unless told the GCS address;
+        # the head is not up yet, so give the GCS a fixed free port.
+        from ray._private.services import get_node_ip_address
+
+        port = _free_port()
+        config["provider"]["gcs_address"] = f"{get_node_ip_address()}:{port}"
+        config_path = cluster.temp_dir / "fake_multinode.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        cluster.start_head(autoscaling_config=config_path, gcs_port=port)
+        yield cluster
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,98 @@
+"""End to end: real tiny studies on a real local Ray, read back from both Parquet files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from study.errors import UserError
+from study.runner import run_study
+from tests.conftest import REPO, write_spec
+
+pytestmark = pytest.mark.e2e
+
+
+def test_tiny_study_writes_both_tables(ray_local, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "tiny.yaml",
+        fixed={"epochs": 2, "batch_size": 50},
+        space={"arch": {"grid": ["ConvNet", "Siamese"]}, "lr": {"grid": [0.01, 0.05]}},
+    )
+    outcome = run_study(spec, storage=tmp_path / "studies", report=False)
+    assert outcome.counts == {"TERMINATED": 8} and not outcome.failed
+
+    results = tmp_path / "studies" / "tiny" / "results"
+    trials = pd.read_parquet(results / "trials.parquet")
+    epochs = pd.read_parquet(results / "epochs.parquet")
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    for col in ["trial_id", "status", "arch", "lr", "epochs", "batch_size", "n_train", "seed", "final_test_acc",
+                "best_test_acc", "final_train_loss", "best_train_loss", "params", "wall_time_s", "error"]:  # fmt: skip
+        assert col in trials.columns, col
+    assert sorted(trials["seed"].unique()) == [0, 1]
+    assert set(trials["arch"]) == {"ConvNet", "Siamese"} and set(trials["lr"]) == {0.01, 0.05}
+    assert (trials["best_test_acc"] >= trials["final_test_acc"]).all()
+    assert (trials["best_train_loss"] <= trials["final_train_loss"]).all()
+    assert set(trials.loc[trials["arch"] == "Siamese", "params"]) == {34964}
+    assert trials["error"].isna().all() and (trials["epochs_done"] == 2).all()
+
+    assert len(epochs) == 16 and set(epochs["epoch"]) == {1, 2}
+    assert epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == [1, 2]).all()
+    last = epochs[epochs["epoch"] == 2].set_index("trial_id")["test_acc"]
+    assert (trials.set_index("trial_id")["final_test_acc"] == last.loc[trials["trial_id"]].values).all()
+
+    meta = json.loads(pq.read_schema(results / "trials.parquet").metadata[b"study"])
+    assert meta["metric"] == "test_acc" and meta["searched"] == ["arch", "lr"] and meta["trainable"] == "digit_pairs"
+
+    # the same config and seed give the same numbers: seed 0 and seed 1 differ, a rerun elsewhere agrees
+    again = run_study(spec, name="tiny-again", storage=tmp_path / "studies", report=False)
+    assert again.counts == {"TERMINATED": 8}
+    t2 = pd.read_parquet(tmp_path / "studies" / "tiny-again" / "results" / "trials.parquet")
+    key = ["arch", "lr", "seed"]
+    a = trials.set_index(key)["final_train_loss"].sort_index()
+    b = t2.set_index(key)["final_train_loss"].sort_index()
+    assert (a.values == b.values).all()
+
+
+def test_rerun_of_finished_study_adds_nothing(ray_local, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "tiny.yaml", repeats=1, fixed={"epochs": 1, "batch_size": 50})
+    first = run_study(spec, storage=tmp_path, report=False)
+    ids = set(pd.read_parquet(tmp_path / "tiny" / "results" / "trials.parquet")["trial_id"])
+    second = run_study(spec, storage=tmp_path, report=False)
+    assert first.counts == second.counts == {"TERMINATED": 2}
+    assert set(pd.read_parquet(tmp_path / "tiny" / "results" / "trials.parquet")["trial_id"]) == ids
+
+
+def test_rerun_with_a_different_spec_is_refused(ray_local, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "tiny.yaml", repeats=1, fixed={"epochs": 1})
+    run_study(spec, storage=tmp_path, report=False)
+    with pytest.raises(UserError, match="started with a different spec; use --name"):
+        run_study(spec, storage=tmp_path, overrides=["fixed.epochs=2"], report=False)
+
+
+def test_diverging_trial_is_recorded_and_study_goes_on(ray_local, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "div.yaml",
+        name="div",
+        fixed={"epochs": 3, "batch_size": 50, "arch": "ConvNet"},
+        space={"lr": {"grid": [0.01, 1.0e12]}},
+        repeats=1,
+    )
+    outcome = run_study(spec, storage=tmp_path, report=False)
+    trials = pd.read_parquet(tmp_path / "div" / "results" / "trials.parquet").set_index("lr")
+    assert outcome.counts == {"TERMINATED": 1, "DIVERGED": 1} and not outcome.failed
+    assert trials.loc[1.0e12, "status"] == "DIVERGED"
+    assert "non-finite" in trials.loc[1.0e12, "error"]
+    assert trials.loc[0.01, "status"] == "TERMINATED" and trials.loc[0.01, "epochs_done"] == 3
+    assert trials.loc[1.0e12, "epochs_done"] < 3
+
+
+def test_smoke_form_of_every_shipped_space(ray_local, tmp_path: Path) -> None:
+    for path in sorted((REPO / "search_spaces").glob("*.yaml")):
+        outcome = run_study(path, smoke=True, storage=tmp_path, report=False)
+        assert outcome.counts.get("TERMINATED", 0) >= 1 and not outcome.failed, (path.name, outcome.counts)
+        trials = pd.read_parquet(outcome.study_dir / "results" / "trials.parquet")
+        assert (trials["epochs_done"] == 1).all() and trials["seed"].nunique() == 1
