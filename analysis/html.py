@@ -65,13 +65,21 @@ tr:hover td { background: #fafbfc; }
 .yes { color: var(--ok); font-weight: 600; } .no { color: var(--bad); font-weight: 600; }
 .note, .caption { color: var(--muted); font-size: 12.5px; }
 code.err { white-space: pre-wrap; word-break: break-word; font-size: 12px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 10px 18px; }
+.grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 10px 18px; }
+@media (max-width: 1100px) { .grid { grid-template-columns: minmax(0, 1fr); } }
 .fig { min-width: 0; border: 1px solid var(--line); border-radius: 6px; padding: 4px; }
 .side { display: flex; gap: 18px; overflow-x: auto; align-items: flex-start; }
 .side > div { flex: 1 0 460px; min-width: 460px; }
 .scroll { overflow-x: auto; }
 footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
 """
+
+
+# Figures are drawn while the page is parsed, before a grid knows all its items: resize once laid out.
+RESIZE_JS = (
+    "window.addEventListener('load', function () {"
+    " document.querySelectorAll('.js-plotly-plot').forEach(function (d) { Plotly.Plots.resize(d); }); });"
+)
 
 
 def esc(value: Any) -> str:
@@ -149,7 +157,7 @@ def page(title: str, body: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
-        f"</head><body>{body}</body></html>\n"
+        f"</head><body>{body}<script>{RESIZE_JS}</script></body></html>\n"
     )
 
 
@@ -164,7 +172,7 @@ def status_counts(trials: pd.DataFrame) -> dict[str, int]:
     return known | {str(s): int(n) for s, n in counts.items() if s not in STATUSES}
 
 
-def state_banner(counts: Mapping[str, int]) -> str:
+def state_banner(counts: Mapping[str, int], *, link: bool = True) -> str:
     """Says whether the study is complete, still running or partly failed."""
     total = sum(counts.values())
     done = counts.get("TERMINATED", 0)
@@ -180,8 +188,9 @@ def state_banner(counts: Mapping[str, int]) -> str:
     if failed:
         parts.append(
             f'<div class="banner bad"><b>Partly failed</b>: {counts.get("ERROR", 0)} trial(s) errored and '
-            f"{counts.get('DIVERGED', 0)} diverged; they are listed under "
-            '<a href="#failures">Failed and diverged trials</a> and left out of means.</div>'
+            f"{counts.get('DIVERGED', 0)} diverged; "
+            + ('they are listed under <a href="#failures">Failed and diverged trials</a> and ' if link else "")
+            + "left out of means.</div>"
         )
     if not parts:
         parts.append(f'<div class="banner ok"><b>Complete</b>: all {total} trials finished.</div>')
@@ -220,8 +229,8 @@ def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, section
     )
 
 
-def paper_html(paper: pd.DataFrame) -> str:
-    """Paper vs reproduced table."""
+def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
+    """Paper vs reproduced table (`compact`: result, paper, mean, CI, in CI only)."""
     if paper.empty:
         return '<p class="note">The spec has no <code>paper:</code> block.</p>'
 
@@ -247,11 +256,14 @@ def paper_html(paper: pd.DataFrame) -> str:
         ("Paper in CI", in_ci, False),
         ("Note", lambda r: esc(r["note"]), False),
     ]
+    if compact:
+        columns = [c for c in columns if c[0] in ("Result", "Paper", "Reproduced mean", "95% CI", "Paper in CI")]
     return table_html(paper.to_dict("records"), columns)
 
 
-def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str]) -> str:
-    """Best configuration per group: hyperparameters, parameter count, repeats, mean, std, CI."""
+def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str], *, compact: bool = False) -> str:
+    """Best configuration per group: hyperparameters, parameter count, repeats, mean, std, CI
+    (`compact`: hyperparameters, repeats, mean and CI only)."""
     if best.empty:
         return '<p class="note">No finished trial yet.</p>'
     m, col = meta.metric, meta.metric_col
@@ -267,6 +279,10 @@ def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str]) -> str:
     if f"best_{m}_mean" in best.columns:
         columns.append((f"best-epoch {m}", lambda r: fmt_metric(r[f"best_{m}_mean"], m), True))
     columns.append(("diverged/errors", lambda r: f"{int(r['n_diverged'])}/{int(r['n_error'])}", True))
+    if compact:
+        columns = columns[: len(keys)] + [
+            c for c in columns[len(keys) :] if c[0] in ("repeats", "95% CI") or "mean" in c[0]
+        ]
     if "rank" in best.columns and best["rank"].max() > 1:
         columns.insert(0, ("rank", lambda r: esc(r["rank"]), True))
     return table_html(best.to_dict("records"), columns)
@@ -427,9 +443,9 @@ def comparison_report_html(
     )
     merged = merged_paper_html(studies)
     columns = "".join(
-        f"<div><h3>{esc(name)}</h3>{state_banner(status_counts(tables['trials']))}"
-        f"<h3>Best configurations</h3>{best_html(tables['best'], meta, _best_keys(tables['best'], meta))}"
-        f"<h3>Paper vs reproduced</h3>{paper_html(tables['paper'])}</div>"
+        f"<div><h3>{esc(name)}</h3>{state_banner(status_counts(tables['trials']), link=False)}"
+        f"<h3>Best configurations</h3>{best_html(tables['best'], meta, _best_keys(tables['best'], meta), compact=True)}"
+        f"<h3>Paper vs reproduced</h3>{paper_html(tables['paper'], compact=True)}</div>"
         for name, meta, tables in studies
     )
     figs = "".join(map(figure_html, figures))

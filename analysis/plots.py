@@ -38,7 +38,9 @@ from analysis.tables import (
     is_categorical,
     is_continuous,
     levels,
+    marginal,
     profile,
+    repeated,
     wants_log_axis,
 )
 
@@ -135,7 +137,7 @@ def effect_figure(
                 x=xs,
                 y=part["mean"].to_numpy(float),
                 error_y=_errors(part),
-                mode="lines+markers",
+                mode="markers" if categorical_x and group is None else "lines+markers",
                 name=f"{text(group)}={text(level)}" if group else "all",
                 line={"color": COLORS[i % len(COLORS)]},
                 text=hover,
@@ -321,6 +323,7 @@ def parallel_figure(
     fig = go.Figure(
         go.Parcoords(
             dimensions=dimensions,
+            domain={"x": [0.04, 0.86]},
             line={
                 "color": metric,
                 "colorscale": "Viridis" if mode == "max" else "Viridis_r",
@@ -348,7 +351,7 @@ def importance_figure(importance: pd.DataFrame) -> go.Figure:
             name="importance",
         )
     )
-    _base_layout(fig, f"Hyperparameter importance ({text(evaluator)})", height=max(240, 90 + 40 * len(imp)))
+    _base_layout(fig, f"Hyperparameter importance, {text(evaluator)}", height=max(240, 90 + 40 * len(imp)))
     fig.update_xaxes(title_text="importance (sums to 1)", rangemode="tozero")
     fig.update_yaxes(title_text="hyperparameter")
     return fig
@@ -430,10 +433,7 @@ def _effect_item(
         categorical = False
     else:
         keys = [group, x] if group else [x]
-        table = profile(summary, keys, metric_col=metric_col, mode=meta.mode, hyperparameters=meta.hyperparameters)
-        caption = (
-            "Per value, the best setting of the other hyperparameters (hover for it); mean and 95% CI over its repeats."
-        )
+        table, caption = _cells(trials, summary, keys, meta)
         categorical = is_categorical(done[x])
     if table.empty:
         return []
@@ -448,6 +448,19 @@ def _effect_item(
         group_order=group_order,
     )
     return [FigureItem("effects", f"effect-{x}", fig, caption)]
+
+
+def _cells(trials: pd.DataFrame, summary: pd.DataFrame, keys: Sequence[str], meta: Any) -> tuple[pd.DataFrame, str]:
+    """Per combination of `keys`: the best setting of the others (profile) if configurations are
+    repeated, else the mean over all trials there (marginal); with a caption saying which."""
+    if repeated(summary):
+        table = profile(summary, keys, metric_col=meta.metric_col, mode=meta.mode, hyperparameters=meta.hyperparameters)
+        return table, (
+            "Per value (cell), the best setting of the other hyperparameters (hover for it); "
+            "mean and 95% CI over its repeats."
+        )
+    table = marginal(trials, keys, metric_col=meta.metric_col)
+    return table, "No repeated configurations: per value (cell), mean and 95% CI over all finished trials with it."
 
 
 def heatmap_axes(results: StudyResults, trials: pd.DataFrame) -> tuple[str | None, list[tuple[str, str]]]:
@@ -469,7 +482,7 @@ def _heatmap_items(results: StudyResults, tables: Mapping[str, pd.DataFrame]) ->
     items = []
     for x, y in pairs:
         keys = [k for k in (panel, x, y) if k]
-        table = profile(summary, keys, metric_col=meta.metric_col, mode=meta.mode, hyperparameters=meta.hyperparameters)
+        table, caption = _cells(trials, summary, keys, meta)
         if table.empty:
             continue
         fig = heatmap_figure(
@@ -483,6 +496,5 @@ def _heatmap_items(results: StudyResults, tables: Mapping[str, pd.DataFrame]) ->
             y_order=levels(done[y], meta.space.get(y)),
             panel_order=levels(done[panel], meta.space.get(panel)) if panel else None,
         )
-        caption = "Cell = the best setting of the remaining hyperparameters (hover for it), mean over repeats."
         items.append(FigureItem("heatmaps", f"heatmap-{x}-{y}", fig, caption))
     return items

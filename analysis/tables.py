@@ -316,25 +316,25 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, float]:
-    """Welch's t-test of mean(b) - mean(a): diff, its CI (Welch-Satterthwaite df), t, df, p."""
-    na, nb = len(a), len(b)
-    va, vb = np.var(a, ddof=1) / na, np.var(b, ddof=1) / nb
-    diff = float(np.mean(b) - np.mean(a))
+def welch(
+    mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int, confidence: float = CONFIDENCE
+) -> dict[str, float]:
+    """Welch's t-test of mean_b - mean_a from summary statistics (sample variances, ddof=1).
+
+    Returns diff, its CI with the Welch-Satterthwaite degrees of freedom, t, df and the
+    two-sided p-value (as ``scipy.stats.ttest_ind(b, a, equal_var=False)``).
+    """
+    va, vb = var_a / n_a, var_b / n_b
+    diff = float(mean_b - mean_a)
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)) if se > 0 else math.nan
-    q = stats.t.ppf(0.5 + confidence / 2, df) if se > 0 else math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_ind(b, a, equal_var=False)
-    return {
-        "diff": diff,
-        "diff_ci_lo": diff - q * se,
-        "diff_ci_hi": diff + q * se,
-        "t": float(res.statistic),
-        "df": float(df),
-        "p_value": float(res.pvalue),
-    }
+    if not se > 0:
+        return {"diff": diff, "diff_ci_lo": math.nan, "diff_ci_hi": math.nan, "t": math.nan, "df": math.nan,
+                "p_value": math.nan}  # fmt: skip
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    t = diff / se
+    q = float(stats.t.ppf(0.5 + confidence / 2, df))
+    p = float(2 * stats.t.sf(abs(t), df))
+    return {"diff": diff, "diff_ci_lo": diff - q * se, "diff_ci_hi": diff + q * se, "t": t, "df": df, "p_value": p}
 
 
 def compare_factor(
@@ -353,25 +353,28 @@ def compare_factor(
     """
     done = finished(trials).dropna(subset=[metric_col])
     hold = [h for h in hold if h in done.columns and h != factor]
+    g = done.groupby([*hold, factor], dropna=False, sort=True)[metric_col]
+    st = pd.DataFrame({"n": g.count(), "mean": g.mean(), "var": g.var(ddof=1)}).reset_index()
+    st = st[st["n"] >= 2]
+    if hold:
+        st = st[st.groupby(hold, dropna=False)["n"].transform("size") >= 2]
     rows = []
-    contexts = done.groupby(hold, dropna=False, sort=True) if hold else [((), done)]
-    for key, part in contexts:
-        key = key if isinstance(key, tuple) else (key,)
-        context = config_label(dict(zip(hold, key)), hold) or "all"
-        levels = part.groupby(factor, dropna=False, sort=True)[metric_col]
-        samples = [(lvl, v.to_numpy(dtype=float)) for lvl, v in levels if len(v) >= 2]
-        for (la, a), (lb, b) in itertools.combinations(samples, 2):
+    contexts = st.groupby(hold, dropna=False, sort=False) if hold else [((), st)]
+    for _, part in contexts:
+        recs = part.to_dict("records")
+        context = config_label(recs[0], hold) or "all" if recs else "all"
+        for a, b in itertools.combinations(recs, 2):
             rows.append(
                 {
                     "factor": factor,
                     "context": context,
-                    "level_a": format_value(la),
-                    "level_b": format_value(lb),
-                    "n_a": len(a),
-                    "n_b": len(b),
-                    "mean_a": float(a.mean()),
-                    "mean_b": float(b.mean()),
-                    **welch(a, b, confidence),
+                    "level_a": format_value(a[factor]),
+                    "level_b": format_value(b[factor]),
+                    "n_a": int(a["n"]),
+                    "n_b": int(b["n"]),
+                    "mean_a": float(a["mean"]),
+                    "mean_b": float(b["mean"]),
+                    **welch(a["mean"], a["var"], a["n"], b["mean"], b["var"], b["n"], confidence),
                 }
             )
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
@@ -438,7 +441,7 @@ def param_importance(
     metric_col: str,
     mode: str,
     space: Mapping[str, Any] | None = None,
-    max_trials: int = 5000,
+    max_trials: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Importance of each searched hyperparameter for `metric_col` (Optuna's PED-ANOVA).
@@ -481,7 +484,7 @@ def param_importance(
         warnings.simplefilter("ignore")
         importances = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
     rows = [
-        {"param": p, "importance": float(v), "n_trials": len(done), "evaluator": "PED-ANOVA (optuna)"}
+        {"param": p, "importance": float(v), "n_trials": len(done), "evaluator": "Optuna PED-ANOVA"}
         for p, v in importances.items()
     ]
     return pd.DataFrame(rows, columns=columns)
@@ -516,6 +519,29 @@ def profile(
         out[stat] = top[f"{col}_{stat}"].to_numpy()
     out["config"] = [config_label(r, others) for r in top[others].to_dict("records")] if others else ""
     return out.sort_values(keys, kind="stable").reset_index(drop=True) if keys else out.reset_index(drop=True)
+
+
+def marginal(
+    trials: pd.DataFrame, keys: Sequence[str], *, metric_col: str, confidence: float = CONFIDENCE
+) -> pd.DataFrame:
+    """Mean and CI of `metric_col` over all finished trials sharing the `keys` values.
+
+    Used instead of `profile` when configurations are not repeated (random search), where the
+    best single trial per cell would only pick noise. Same columns as `profile`.
+    """
+    keys = list(keys)
+    done = finished(trials).dropna(subset=[metric_col])
+    cols = [*keys, "n", "mean", "ci_lo", "ci_hi", "config"]
+    if done.empty:
+        return pd.DataFrame(columns=cols)
+    d = _describe(done, keys, [metric_col], confidence).reset_index()
+    d = d.rename(columns={f"{metric_col}_{s}": s for s in ("n", "mean", "ci_lo", "ci_hi")})
+    return d.assign(config="all settings of the others")[cols]
+
+
+def repeated(summary: pd.DataFrame) -> bool:
+    """Whether any configuration has two or more finished repeats."""
+    return bool(len(summary)) and int(summary["n_finished"].max()) >= 2
 
 
 def binned_effect(

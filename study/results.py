@@ -247,7 +247,7 @@ def _fmt_duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def make_progress_callback(spec: Spec, out: TextIO = sys.stdout, every_s: float = 20.0):
+def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
     """A `ray.tune.Callback` printing one progress line per finished trial and every `every_s` seconds."""
     from ray.tune import Callback
 

@@ -220,11 +220,12 @@ def run_study(
     smoke: bool = False,
     address: str | None = None,
     report: bool = True,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> RunOutcome:
     """Run (or resume) a study and write its results; see the module docstring."""
     from trainables import get_family
 
+    out = out or sys.stdout
     spec = prepare_spec(spec_path, overrides or [], smoke)
     name = name or spec.name
     storage_root = resolve_storage(storage)
@@ -264,8 +265,9 @@ def run_study(
     return RunOutcome(study_dir, counts, report_path)
 
 
-def write_report(study_dir: Path, out: TextIO = sys.stdout) -> Path | None:
+def write_report(study_dir: Path, out: TextIO | None = None) -> Path | None:
     """Build the study's tables and HTML report (analysis package)."""
+    out = out or sys.stdout
     try:
         from analysis.report import write_study_outputs
     except ImportError:

@@ -404,6 +404,12 @@ def prepare(config: dict, data: ImageSet) -> TrialData:
     )
 
 
+def train_params(data: TrialData, config: dict, epoch: int) -> torch.Tensor:
+    """Transforms (s, cx, cy) (N, 3) of the training images in 0-based `epoch`: copy `epoch % copies`."""
+    copy = epoch % int(config["copies"])
+    return transform_params(int(config["data_seed"]), _TRAIN_STREAM, data.train_index, copy)
+
+
 def _losses(model: ShareOrSplitNet, out: Outputs, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor,
             cfg: dict) -> dict[str, torch.Tensor]:  # fmt: skip
     """Weighted loss parts (they sum to the loss): cls (CE or margin), box (L2), recon (summed SE)."""
@@ -435,8 +441,7 @@ def train_epoch(
     device: torch.device,
 ) -> dict[str, float]:
     """One pass over the source images, each in copy `epochs_trained % copies`, rendered per batch."""
-    copy = int(model.epochs_trained) % int(config["copies"])
-    params = transform_params(int(config["data_seed"]), _TRAIN_STREAM, data.train_index, copy)  # (N, 3)
+    params = train_params(data, config, int(model.epochs_trained))  # (N, 3)
     sums: dict[str, float] = {}
     correct = n = 0
     for idx in iterate_batches(len(data.train_y), config["batch_size"], generator):

@@ -132,27 +132,37 @@ class LocalRayCluster:
         address_file = self.temp_dir / "ray_current_cluster"  # written once the head is up
         _wait_for(lambda: address_file.exists() and address_file.read_text().strip(), self.head, "head to start")
         self.address = address_file.read_text().strip()
-        self.head.node_id = _wait_for(lambda: self._new_node_id(), self.head, "head to register")
+        self.head.node_id = _wait_for(lambda: self._alive_node_id(None), self.head, "head to register")
         if dashboard:
             self.dashboard_url = f"http://127.0.0.1:{port}"
             _wait_for(lambda: _http_ok(f"{self.dashboard_url}/api/version"), self.head, "dashboard")
 
-    def add_worker(self, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None) -> Node:
-        """Start one worker node and wait until the GCS lists it alive."""
-        name = f"worker{len([n for n in self._all if n.name.startswith('worker')])}"
-        args = [
-            f"--address={self.address}",
-            f"--num-cpus={num_cpus}",
-            f"--num-gpus={num_gpus}",
-            f"--object-store-memory={OBJECT_STORE_BYTES}",
-            "--dashboard-agent-listen-port=0",
-        ]
-        if resources:
-            args.append(f"--resources={json.dumps(resources)}")
-        node = self._spawn(name, args)
-        node.node_id = _wait_for(lambda: self._new_node_id(), node, f"{name} to join")
-        self.worker_nodes.append(node)
-        return node
+    def add_workers(
+        self, n: int, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None
+    ) -> list[Node]:
+        """Start n worker nodes at once and wait until the GCS lists all of them alive."""
+        new = []
+        for _ in range(n):
+            name = f"worker{sum(node.name.startswith('worker') for node in self._all)}"
+            args = [
+                f"--address={self.address}",
+                f"--node-name={name}",  # how we find its node id in the GCS
+                f"--num-cpus={num_cpus}",
+                f"--num-gpus={num_gpus}",
+                f"--object-store-memory={OBJECT_STORE_BYTES}",
+                "--dashboard-agent-listen-port=0",
+            ]
+            if resources:
+                args.append(f"--resources={json.dumps(resources)}")
+            new.append(self._spawn(name, args))
+        for node in new:
+            node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
+        self.worker_nodes.extend(new)
+        return new
+
+    def add_worker(self, **kwargs) -> Node:
+        """Start one worker node (e.g. to replace a killed one); kwargs as add_workers."""
+        return self.add_workers(1, **kwargs)[0]
 
     # --- faults ---------------------------------------------------------------
     def kill_worker(self, i: int) -> str:
@@ -173,10 +183,12 @@ class LocalRayCluster:
         infos = GcsClient(address=self.address).get_all_node_info(timeout=5)
         return {nid.hex(): info for nid, info in infos.items()}
 
-    def _new_node_id(self) -> str | None:
-        known = {n.node_id for n in self._all}
-        new = self.alive_node_ids() - known
-        return new.pop() if len(new) == 1 else None
+    def _alive_node_id(self, name: str | None) -> str | None:
+        """Hex id of the alive node with this --node-name (None: the head)."""
+        for node_id, info in self._node_infos().items():
+            if info.state == 0 and (info.is_head_node if name is None else info.node_name == name):
+                return node_id
+        return None
 
     # --- clean-up -------------------------------------------------------------
     def shutdown(self) -> None:
@@ -218,7 +230,7 @@ def _wait_for(condition: Callable[[], object], node: Node | None, what: str, tim
             raise RuntimeError(f"{node.name} exited with {node.proc.returncode} waiting for {what}:\n{_tail(node.log)}")
         try:
             value = condition()
-        except Exception:  # GCS not up yet
+        except Exception:  # noqa: BLE001 (the GCS is not up yet: any RPC error means "not yet")
             value = None
         if value:
             return value
@@ -248,10 +260,11 @@ def _kill_group(node: Node, sig: signal.Signals) -> None:
 
 def _disconnect_driver_from(address: str) -> None:
     # A driver still connected when its GCS disappears exits the whole process after
-    # gcs_rpc_server_reconnect_timeout_s: disconnect this (pytest) process first.
+    # gcs_rpc_server_reconnect_timeout_s: disconnect this (pytest) process first, but
+    # only from this cluster (a session-wide local Ray of another fixture stays).
     import ray
 
-    if ray.is_initialized():
+    if address and ray.is_initialized() and ray.get_runtime_context().gcs_address == address:
         ray.shutdown()
 
 
@@ -276,8 +289,7 @@ def local_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
         cluster = _new_cluster()
         clusters.append(cluster)
         cluster.start_head(dashboard=dashboard)
-        for _ in range(num_workers):
-            cluster.add_worker(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, resources=worker_resources)
+        cluster.add_workers(num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, resources=worker_resources)
         return cluster
 
     try:

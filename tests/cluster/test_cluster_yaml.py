@@ -84,7 +84,7 @@ def test_workers_are_gpu_spot_and_scale_from_zero(prepared: dict[str, Any]) -> N
 
 def _port_ranges(rule: dict[str, Any]) -> range:
     if str(rule.get("IpProtocol")) == "-1" or rule.get("FromPort", -1) == -1:
-        return range(0, 65536)
+        return range(65536)
     return range(int(rule["FromPort"]), int(rule["ToPort"]) + 1)
 
 
