@@ -618,7 +618,8 @@ def learning_curves(
     """Per-epoch mean and CI over the finished repeats of each configuration in `configs`.
 
     `trials` and `configs` carry ``config_id`` (see `with_config_id`); `configs` also a ``label``.
-    At most `max_points` epochs per curve are kept (evenly spaced, the last one always).
+    At most `max_points` epochs per curve are kept (evenly spaced, the last one always). Rows
+    follow the order of `configs`.
     Long format: ``config_id``, ``label``, ``metric``, ``epoch``, ``n``, ``mean``, ``ci_lo``, ``ci_hi``.
     """
     cols = ["config_id", "label", "metric", "epoch", "n", "mean", "ci_lo", "ci_hi"]
@@ -638,7 +639,9 @@ def learning_curves(
         d = d.rename(columns={f"{m}_n": "n", f"{m}_mean": "mean", f"{m}_ci_lo": "ci_lo", f"{m}_ci_hi": "ci_hi"})
         parts.append(d.assign(metric=m))
     out = pd.concat(parts, ignore_index=True).merge(configs[["config_id", "label"]], on="config_id")
-    return out[cols].sort_values(["config_id", "metric", "epoch"], kind="stable").reset_index(drop=True)
+    position = {cid: i for i, cid in enumerate(configs["config_id"])}  # keep the order of `configs`
+    out = out.assign(_pos=out["config_id"].map(position)).sort_values(["_pos", "metric", "epoch"], kind="stable")
+    return out[cols].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------

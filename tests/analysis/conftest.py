@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from analysis.load import StudyResults, study_meta
 from analysis.synthetic import SyntheticStudy, digit_pairs_study, share_split_study
 
 
@@ -27,6 +28,11 @@ def write_study(study_dir: Path, study: SyntheticStudy) -> Path:
     return study_dir
 
 
+def results_of(study: SyntheticStudy) -> StudyResults:
+    """The study as `analysis.load.load_study` would return it, without the disk."""
+    return StudyResults(study_meta(study.metadata, study.spec, study.trials), study.trials, study.epochs)
+
+
 @pytest.fixture(scope="session")
 def digit_study() -> SyntheticStudy:
     """A small digit-pair grid (4 nets x 5 lr x 4 batch sizes x 3 seeds), some trials failed."""
@@ -37,6 +43,16 @@ def digit_study() -> SyntheticStudy:
 def size_study() -> SyntheticStudy:
     """The share/split training-size sweep with a crossover."""
     return share_split_study(repeats=3, epochs=5)
+
+
+@pytest.fixture(scope="session")
+def digit_results(digit_study: SyntheticStudy) -> StudyResults:
+    return results_of(digit_study)
+
+
+@pytest.fixture(scope="session")
+def size_results(size_study: SyntheticStudy) -> StudyResults:
+    return results_of(size_study)
 
 
 @pytest.fixture
