@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import plotly.offline
 
-from analysis.load import STATUSES, StudyMeta
+from analysis.load import STATUSES, UNFINISHED, StudyMeta
 from analysis.plots import FigureItem, is_fraction
 from analysis.tables import config_label, format_value
 
@@ -55,7 +55,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8p
 .banner.bad { color: var(--bad); background: #fdeeee; border-color: #f0b9b7; }
 .pill { display: inline-block; padding: 1px 8px; border-radius: 10px; background: #e9edf2; margin-right: 6px; }
 .pill.TERMINATED { background: #dff2e5; } .pill.DIVERGED { background: #fde7c7; }
-.pill.ERROR { background: #f9d3d1; } .pill.RUNNING, .pill.PENDING { background: #dde8fb; }
+.pill.ERROR { background: #f9d3d1; } .pill.RUNNING, .pill.PAUSED, .pill.PENDING { background: #dde8fb; }
 nav { margin-top: 8px; } nav a { margin-right: 12px; color: #2457a6; text-decoration: none; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 9px; text-align: left; vertical-align: top; }
@@ -176,13 +176,13 @@ def state_banner(counts: Mapping[str, int], *, link: bool = True) -> str:
     """Says whether the study is complete, still running or partly failed."""
     total = sum(counts.values())
     done = counts.get("TERMINATED", 0)
-    running = counts.get("RUNNING", 0) + counts.get("PENDING", 0)
+    running = sum(counts.get(s, 0) for s in UNFINISHED)
     failed = counts.get("ERROR", 0) + counts.get("DIVERGED", 0)
     parts = []
     if running:
         parts.append(
             f'<div class="banner warn"><b>Study still running</b>: {done} of {total} trials finished, '
-            f"{counts.get('RUNNING', 0)} running, {counts.get('PENDING', 0)} pending. This report covers what is "
+            f"{_unfinished_text(counts)}. This report covers what is "
             "there (finished trials only); run <code>study report</code> again for the rest.</div>"
         )
     if failed:
@@ -195,6 +195,13 @@ def state_banner(counts: Mapping[str, int], *, link: bool = True) -> str:
     if not parts:
         parts.append(f'<div class="banner ok"><b>Complete</b>: all {total} trials finished.</div>')
     return "".join(parts)
+
+
+def _unfinished_text(counts: Mapping[str, int]) -> str:
+    """``3 running, 1 pending`` (statuses with zero trials left out, except running)."""
+    parts = [f"{counts.get('RUNNING', 0)} running"]
+    parts += [f"{counts[s]} {s.lower()}" for s in ("PAUSED", "PENDING") if counts.get(s)]
+    return ", ".join(parts)
 
 
 def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, sections: Sequence[str]) -> str:
@@ -379,7 +386,7 @@ def study_report_html(
     }
     for section in ("effects", "heatmaps", "curves", "parallel", "importance"):
         items = by_section.get(section, [])
-        wrap = "grid" if section in ("effects", "heatmaps") and len(items) > 1 else ""
+        wrap = "grid" if section == "effects" and len(items) > 1 else ""
         bodies[section] = f'<div class="{wrap}">' + "".join(map(figure_html, items)) + "</div>" if items else empty
     if "heatmaps" not in by_section and len(meta.grid_axes) < 2:
         bodies["heatmaps"] = '<p class="note">Fewer than two grid axes: no heat map.</p>'

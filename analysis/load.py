@@ -20,8 +20,19 @@ import yaml
 from study.errors import UserError
 
 # Columns of trials.parquet that are neither hyperparameters nor metrics.
-RESERVED_COLUMNS = ("trial_id", "status", "seed", "params", "epochs_done", "wall_time_s", "error", "config_id")
-STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PENDING")
+RESERVED_COLUMNS = (
+    "trial_id",
+    "status",
+    "seed",
+    "params",
+    "epochs_done",
+    "wall_time_s",
+    "num_failures",
+    "error",
+    "config_id",
+)
+STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
+UNFINISHED = ("RUNNING", "PAUSED", "PENDING")  # still to report: counted as running
 FINISHED = "TERMINATED"
 
 

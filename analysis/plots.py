@@ -47,6 +47,7 @@ from analysis.tables import (
 COLORS = qualitative.Plotly + qualitative.D3
 HEIGHT = 420  # px, default figure height
 TEMPLATE = "plotly_white"
+MARKED_EPOCHS = 25  # learning curves with at most this many points also mark each epoch
 MAX_PARCOORDS = 20_000  # trials drawn in the parallel-coordinates plot (seeded sample beyond)
 
 
@@ -206,7 +207,9 @@ def heatmap_figure(
             col=i % cols + 1,
         )
     fig.update_xaxes(title_text=text(x), type="category")
-    fig.update_yaxes(title_text=text(y), type="category")
+    fig.update_yaxes(type="category")
+    for r in range(1, rows + 1):
+        fig.update_yaxes(title_text=text(y), row=r, col=1)
     scale = "Viridis" if mode == "max" else "Viridis_r"
     fig.update_layout(
         coloraxis={
@@ -257,7 +260,8 @@ def curves_figure(curves: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
                 go.Scatter(
                     x=part["epoch"].to_numpy(float),
                     y=part["mean"].to_numpy(float),
-                    mode="lines",
+                    mode="lines+markers" if len(part) <= MARKED_EPOCHS else "lines",
+                    marker={"size": 5},
                     line={"color": color, "width": 2},
                     name=text(label),
                     legendgroup=label,

@@ -106,6 +106,7 @@ def _assemble(
     out["params"] = [ARCH_PARAMS.get(str(a), 50_000) for a in trials.get("arch", pd.Series(["x"] * n))]
     out["epochs_done"] = done
     out["wall_time_s"] = done * 1.5 + rng.uniform(0.5, 2.0, n)
+    out["num_failures"] = (status == "ERROR").astype(int)
     out["error"] = np.where(
         status == "ERROR",
         "RuntimeError: CUDA out of memory <simulated>",
@@ -159,7 +160,7 @@ def digit_pairs_study(
     grid = {"arch": list(archs), "lr": list(lrs), "batch_size": list(batch_sizes)} | dict(extra_grid or {})
 
     def score(t: pd.DataFrame) -> np.ndarray:
-        top, lr0, b0 = (np.array([ARCH_BEST[a][i] for a in t["arch"]]) for i in range(3))
+        top, lr0, b0 = (np.array([ARCH_BEST.get(a, (0.85, 0.01, 50))[i] for a in t["arch"]]) for i in range(3))
         pen = 0.02 * (np.log10(t["lr"].to_numpy(float)) - np.log10(lr0)) ** 2
         pen += 0.01 * np.abs(np.log2(t["batch_size"].to_numpy(float) / b0))
         return top - pen

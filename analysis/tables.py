@@ -26,7 +26,7 @@ import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from scipy import stats
 
-from analysis.load import FINISHED, StudyResults
+from analysis.load import FINISHED, UNFINISHED, StudyResults
 
 CONFIDENCE = 0.95  # two-sided level of every interval
 MAX_LEVELS = 12  # a hyperparameter with at most this many values is discrete (profiled, not binned)
@@ -160,7 +160,7 @@ def aggregate_repeats(
     """One row per configuration: status counts and n/mean/std/sem/CI of every final_/best_ metric.
 
     Columns: ``config_id``, the hyperparameters, ``n_trials``, ``n_finished``, ``n_diverged``,
-    ``n_error``, ``n_running`` (running or pending), ``params``, then ``<metric>_<stat>``.
+    ``n_error``, ``n_running`` (running, paused or pending), ``params``, then ``<metric>_<stat>``.
     """
     t = trials if "config_id" in trials.columns else with_config_id(trials, hyperparameters)
     hp = [h for h in hyperparameters if h in t.columns]
@@ -173,7 +173,7 @@ def aggregate_repeats(
         ("n_finished", [FINISHED]),
         ("n_diverged", ["DIVERGED"]),
         ("n_error", ["ERROR"]),
-        ("n_running", ["RUNNING", "PENDING"]),
+        ("n_running", list(UNFINISHED)),
     ):
         out[name] = status.isin(states).groupby(t["config_id"]).sum().astype(int)
     if "params" in t.columns:
@@ -343,19 +343,25 @@ def compare_factor(
     *,
     metric_col: str,
     hold: Sequence[str] = (),
+    order: Sequence[Any] | None = None,
     confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:
     """Pairwise comparisons of the levels of `factor`, with the `hold` columns kept equal.
 
     For every combination of the `hold` values (the *context*; none = pooled over everything)
-    and every pair of levels a < b present there with at least 2 finished repeats each: the
-    difference mean_b - mean_a of `metric_col`, its CI and Welch's t-test p-value.
+    and every pair of levels a before b (in `order`, default sorted) present there with at least
+    2 finished repeats each: the difference mean_b - mean_a of `metric_col`, its CI and Welch's
+    t-test p-value.
     """
     done = finished(trials).dropna(subset=[metric_col])
     hold = [h for h in hold if h in done.columns and h != factor]
     g = done.groupby([*hold, factor], dropna=False, sort=True)[metric_col]
     st = pd.DataFrame({"n": g.count(), "mean": g.mean(), "var": g.var(ddof=1)}).reset_index()
     st = st[st["n"] >= 2]
+    if order is not None:
+        rank = {format_value(v): i for i, v in enumerate(order)}
+        st = st.assign(_rank=st[factor].map(lambda v: rank.get(format_value(v), len(rank))))
+        st = st.sort_values([*hold, "_rank"], kind="stable") if hold else st.sort_values("_rank", kind="stable")
     if hold:
         st = st[st.groupby(hold, dropna=False)["n"].transform("size") >= 2]
     rows = []
@@ -385,6 +391,12 @@ def varying(trials: pd.DataFrame, hyperparameters: Sequence[str]) -> list[str]:
     return [h for h in hyperparameters if h in trials.columns and trials[h].nunique(dropna=False) > 1]
 
 
+def comparison_hold(trials: pd.DataFrame, hyperparameters: Sequence[str], factor: str) -> list[str]:
+    """What a report holds equal when comparing levels of `factor`: the other hyperparameters
+    that vary, except continuous ones (random search), which are averaged over."""
+    return [h for h in varying(trials, hyperparameters) if h != factor and not is_continuous(trials[h])]
+
+
 def focus_comparisons(
     comparisons: pd.DataFrame,
     trials: pd.DataFrame,
@@ -398,7 +410,7 @@ def focus_comparisons(
     parts = []
     for factor, part in comparisons.groupby("factor", sort=False):
         if part["context"].nunique() > max_contexts and best is not None:
-            hold = [h for h in varying(trials, hyperparameters) if h != factor]
+            hold = comparison_hold(trials, hyperparameters, factor)
             part = part[part["context"] == (config_label(best, hold) or "all")]
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else comparisons.iloc[0:0]
@@ -669,7 +681,8 @@ def study_tables(results: StudyResults, *, confidence: float = CONFIDENCE) -> di
             trials,
             f,
             metric_col=metric_col,
-            hold=[h for h in varying(trials, meta.hyperparameters) if h != f],
+            hold=comparison_hold(trials, meta.hyperparameters, f),
+            order=levels(trials[f], meta.space.get(f)),
             confidence=confidence,
         )
         for f in groups

@@ -232,12 +232,12 @@ def run_study(
     if "://" in storage_root:
         raise UserError(f"--storage {storage_root}: remote storage is used through a cluster; run on the head node")
     study_dir = Path(storage_root) / name
-    record_spec(study_dir, spec, spec_path)
     family = get_family(spec.trainable)
 
     print(f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {study_dir}", file=out, flush=True)
     init_ray(address)
     check_resources(spec)
+    record_spec(study_dir, spec, spec_path)
     t0 = time.time()
     data = family.load_data(spec.data.source, spec.data.root)
     print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)

@@ -470,12 +470,13 @@ def evaluate(model: ShareOrSplitNet, data: TrialData, config: dict, device: torc
         x = data.test_x[i : i + EVAL_BATCH].to(device).unsqueeze(1).float() / 255  # (B, 1, 56, 56)
         y = data.test_y[i : i + EVAL_BATCH].to(device)
         params = data.test_params[i : i + EVAL_BATCH]
-        out = model(x)  # split: masks with the predicted class
-        for k, v in _losses(model, out, x, y, params, config).items():
-            sums[k] = sums.get(k, 0.0) + v.item() * len(y)
-        correct += int((out.scores.argmax(-1) == y).sum())
-        if out.box is not None:
-            iou += float(square_iou(out.box.float() * CANVAS, box_from_params(params).to(out.box)).sum())
+        with torch.no_grad():
+            out = model(x)  # split: masks with the predicted class
+            for k, v in _losses(model, out, x, y, params, config).items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(y)
+            correct += int((out.scores.argmax(-1) == y).sum())
+            if out.box is not None:
+                iou += square_iou(out.box.float() * CANVAS, box_from_params(params).to(out.box)).sum().item()
     n = len(data.test_y)
     metrics = {**_summary("test", sums, correct, n), "n_test_images": n}
     if config["task"] == "cls_box":

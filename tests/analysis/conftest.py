@@ -55,6 +55,12 @@ def size_results(size_study: SyntheticStudy) -> StudyResults:
     return results_of(size_study)
 
 
+@pytest.fixture(name="write_study")
+def write_study_fixture():
+    """`write_study` as a fixture, for tests that build their own study."""
+    return write_study
+
+
 @pytest.fixture
 def digit_dir(tmp_path: Path, digit_study: SyntheticStudy) -> Path:
     return write_study(tmp_path / "digits", digit_study)

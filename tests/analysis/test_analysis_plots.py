@@ -93,10 +93,11 @@ def test_learning_curves_bands_and_lines(digit):
     _, tables, items = digit
     fig = _by_key(items)["curves"].figure
     labels = list(tables["best"]["label"])
-    lines = [t for t in fig.data if t.mode == "lines"]
+    lines = [t for t in fig.data if t.fill != "toself"]
     bands = [t for t in fig.data if t.fill == "toself"]
     assert len(lines) == 2 * len(labels) and len(bands) == 2 * len(labels)  # test_acc and train_loss
     assert [t.name for t in lines if t.showlegend] == labels
+    assert all(t.mode == "lines+markers" for t in lines)  # 6 epochs: each one marked
     assert fig.layout.xaxis.title.text == "epoch" and fig.layout.xaxis2.title.text == "epoch"
     assert [a.text for a in fig.layout.annotations] == ["test_acc", "train_loss"]
 

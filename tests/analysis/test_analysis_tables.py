@@ -140,6 +140,12 @@ def test_compare_factor_welch_hand_computed(trials):
     assert (r["diff_ci_lo"], r["diff_ci_hi"]) == pytest.approx((ci.low, ci.high))
 
 
+def test_compare_factor_level_order(trials):
+    c = T.compare_factor(trials, "arch", metric_col="final_test_acc", hold=["lr"], order=["B", "A"])
+    assert list(zip(c["level_a"], c["level_b"])) == [("B", "A"), ("B", "A")]
+    assert c.loc[0, "diff"] == pytest.approx(-0.15)
+
+
 def test_compare_factor_pooled_and_min_repeats(trials):
     pooled = T.compare_factor(trials, "arch", metric_col="final_test_acc")
     assert len(pooled) == 1 and pooled.loc[0, "context"] == "all"

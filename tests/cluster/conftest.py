@@ -141,9 +141,8 @@ class LocalRayCluster:
         self, n: int, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None
     ) -> list[Node]:
         """Start n worker nodes at once and wait until the GCS lists all of them alive."""
-        new = []
-        for _ in range(n):
-            name = f"worker{sum(node.name.startswith('worker') for node in self._all)}"
+
+        def spawn(name: str) -> Node:
             args = [
                 f"--address={self.address}",
                 f"--node-name={name}",  # how we find its node id in the GCS
@@ -154,9 +153,19 @@ class LocalRayCluster:
             ]
             if resources:
                 args.append(f"--resources={json.dumps(resources)}")
-            new.append(self._spawn(name, args))
-        for node in new:
-            node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
+            return self._spawn(name, args)
+
+        first = sum(node.name.startswith("worker") for node in self._all)
+        new = [spawn(f"worker{first + k}") for k in range(n)]
+        for k, node in enumerate(new):
+            try:
+                node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
+            except RuntimeError:
+                # `ray start` gives a raylet 30 s (hard-coded) to register; on a loaded
+                # machine that can fail once. Retry that node once, then give up.
+                _kill_group(node, signal.SIGKILL)
+                node = new[k] = spawn(f"{node.name}-retry")
+                node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
         self.worker_nodes.extend(new)
         return new
 

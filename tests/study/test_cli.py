@@ -80,3 +80,12 @@ def test_run_ls_status_report_cli(ray_local, capsys, tmp_path: Path) -> None:
     assert code == 0 and out.split() == ["cli", "2", "terminated"]
     code, out, _ = run(capsys, "status", "cli", "--storage", str(tmp_path / "s"))
     assert code == 0 and "cli: 2 terminated" in out
+
+
+@pytest.mark.e2e
+def test_impossible_resources_on_fixed_cluster_exit_2(ray_local, capsys, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "gpu.yaml", name="gpu", resources={"cpu": 1, "gpu": 1})
+    code, _, err = run(capsys, "run", str(spec), "--storage", str(tmp_path))
+    assert code == 2
+    assert err.startswith("study: error: resources: a trial asks for cpu=1, gpu=1 but no node of this fixed-size cluster")
+    assert err.count("\n") == 1

@@ -1,0 +1,44 @@
+"""MNIST sources: the bundled sample's split, and the download's error path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from study.errors import UserError
+from trainables import data as data_mod
+
+
+def test_bundled_sample_split_is_disjoint_and_fixed() -> None:
+    a, b = data_mod.load_mnist("mnist-5k"), data_mod.load_mnist("mnist-5k")
+    assert a.train_x.shape == (2500, 28, 28) and a.test_x.shape == (2500, 28, 28)
+    assert a.train_x.dtype == torch.uint8 and a.train_y.dtype == torch.int64
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    with np.load(data_mod.BUNDLED_MNIST) as f:
+        images = f["images"].reshape(5000, -1)
+    # every image lands in exactly one half
+    rows = {im.tobytes(): i for i, im in enumerate(images)}
+    train_ids = {rows[x.numpy().tobytes()] for x in a.train_x.reshape(2500, -1)}
+    test_ids = {rows[x.numpy().tobytes()] for x in a.test_x.reshape(2500, -1)}
+    assert not train_ids & test_ids and len(train_ids | test_ids) == len(rows)
+    assert set(a.train_y.tolist()) == set(range(10)) == set(a.test_y.tolist())
+
+
+def test_unknown_source_lists_known() -> None:
+    with pytest.raises(UserError, match="unknown source 'cifar'; known: mnist, mnist-5k"):
+        data_mod.load_mnist("cifar")
+
+
+def test_failed_download_suggests_offline_source(tmp_path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(UserError) as info:
+        data_mod.load_mnist("mnist", str(tmp_path))
+    msg = str(info.value)
+    assert "\n" not in msg and "could not download MNIST" in msg and "--set data.source=mnist-5k" in msg
