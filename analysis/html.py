@@ -88,11 +88,14 @@ def esc(value: Any) -> str:
 
 
 def fmt_metric(value: Any, metric: str) -> str:
-    """A metric value: percentage with 2 decimals for fractions, 4 significant digits otherwise."""
+    """A metric value: percentage with 2 decimals for fractions, whole numbers >= 10,000 with
+    thousands separators (parameter counts), else 4 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
         return "—"
     v = float(value)
-    return f"{100 * v:.2f}%" if is_fraction(metric) else f"{v:.4g}"
+    if is_fraction(metric):
+        return f"{100 * v:.2f}%"
+    return f"{v:,.0f}" if abs(v) >= 1e4 and v == round(v) else f"{v:.4g}"
 
 
 def fmt_diff(value: Any, metric: str) -> str:
@@ -100,7 +103,9 @@ def fmt_diff(value: Any, metric: str) -> str:
     if value is None or pd.isna(value):
         return "—"
     v = float(value)
-    return f"{100 * v:+.2f} pp" if is_fraction(metric) else f"{v:+.4g}"
+    if is_fraction(metric):
+        return f"{100 * v:+.2f} pp"
+    return f"{v:+,.0f}" if abs(v) >= 1e4 and v == round(v) else f"{v:+.4g}"
 
 
 def fmt_ci(lo: Any, hi: Any, metric: str) -> str:
@@ -178,6 +183,8 @@ def state_banner(counts: Mapping[str, int], *, link: bool = True) -> str:
     done = counts.get("TERMINATED", 0)
     running = sum(counts.get(s, 0) for s in UNFINISHED)
     failed = counts.get("ERROR", 0) + counts.get("DIVERGED", 0)
+    if total == 0:
+        return '<div class="banner warn"><b>No trial has reported yet</b>: this report is empty for now.</div>'
     parts = []
     if running:
         parts.append(

@@ -30,7 +30,37 @@ from analysis.load import FINISHED, UNFINISHED, StudyResults
 
 CONFIDENCE = 0.95  # two-sided level of every interval
 MAX_LEVELS = 12  # a hyperparameter with at most this many values is discrete (profiled, not binned)
-STATS = ("n", "mean", "std", "sem", "ci_lo", "ci_hi")
+PAPER_COLUMNS = [
+    "label",
+    "metric",
+    "where",
+    "paper_value",
+    "paper_std",
+    "n",
+    "mean",
+    "std",
+    "ci_lo",
+    "ci_hi",
+    "diff",
+    "in_ci",
+    "note",
+]
+COMPARISON_COLUMNS = [
+    "factor",
+    "context",
+    "level_a",
+    "level_b",
+    "n_a",
+    "n_b",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "diff_ci_lo",
+    "diff_ci_hi",
+    "t",
+    "df",
+    "p_value",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +124,7 @@ def order_by_space(frame: pd.DataFrame, columns: Sequence[str], space: Mapping[s
 
 def format_value(value: Any) -> str:
     """A hyperparameter value as text: floats with %g, missing as ``none``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "none"
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
@@ -246,7 +276,8 @@ def paper_vs_reproduced(
     """Each number of the spec's ``paper.results`` beside the reproduced mean and CI.
 
     A result ``{label, where, metric, value, std}`` is matched to the finished trials whose
-    hyperparameters equal all of ``where``; their ``final_<metric>`` values are aggregated.
+    hyperparameters equal all of ``where``; their ``final_<metric>`` values are aggregated (or the
+    ``<metric>`` column itself for per-trial quantities such as ``params``).
     ``in_ci`` is whether the paper's value lies in the reproduced interval (None if no interval).
     """
     rows = []
@@ -254,7 +285,7 @@ def paper_vs_reproduced(
     for r in results:
         where = dict(r.get("where") or {})
         metric = str(r.get("metric", ""))
-        col = f"final_{metric}"
+        col = f"final_{metric}" if f"final_{metric}" in trials.columns or metric not in trials.columns else metric
         missing = [k for k in where if k not in trials.columns] + ([col] if col not in trials.columns else [])
         values = select(done, where)[col].dropna() if not missing else pd.Series(dtype=float)
         n = len(values)
@@ -281,39 +312,6 @@ def paper_vs_reproduced(
             }
         )
     return pd.DataFrame(rows, columns=PAPER_COLUMNS)
-
-
-PAPER_COLUMNS = [
-    "label",
-    "metric",
-    "where",
-    "paper_value",
-    "paper_std",
-    "n",
-    "mean",
-    "std",
-    "ci_lo",
-    "ci_hi",
-    "diff",
-    "in_ci",
-    "note",
-]
-COMPARISON_COLUMNS = [
-    "factor",
-    "context",
-    "level_a",
-    "level_b",
-    "n_a",
-    "n_b",
-    "mean_a",
-    "mean_b",
-    "diff",
-    "diff_ci_lo",
-    "diff_ci_hi",
-    "t",
-    "df",
-    "p_value",
-]
 
 
 def welch(

@@ -48,6 +48,7 @@ supersampling; subsets are the first ``train_images`` / ``test_images`` of a fix
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -320,6 +321,10 @@ class ShareOrSplitNet(nn.Module):
 # Builder and training
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy ints too (tune.randint)
+
+
 def _check(cfg: dict) -> None:
     def bad(key: str, rule: str) -> UserError:
         return UserError(f"trainable share_split: {key} {rule}, got {cfg[key]!r}")
@@ -328,22 +333,22 @@ def _check(cfg: dict) -> None:
         raise bad("head", f"must be one of {', '.join(HEADS)}")
     if cfg["task"] not in TASKS:
         raise bad("task", f"must be one of {', '.join(TASKS)}")
-    if not isinstance(cfg["features"], int) or cfg["features"] < 1:
+    if not _is_int(cfg["features"]) or cfg["features"] < 1:
         raise bad("features", "must be a positive integer")
     if cfg["head"] == "split" and (cfg["features"] % K_H_PER_K_P or cfg["features"] < K_H_PER_K_P):
         raise bad("features", f"must be a multiple of {K_H_PER_K_P} for head=split (K_p = features / {K_H_PER_K_P})")
     ch = cfg["conv_channels"]
-    if not (isinstance(ch, (list, tuple)) and len(ch) == 2 and all(isinstance(c, int) and c > 0 for c in ch)):
+    if not (isinstance(ch, (list, tuple)) and len(ch) == 2 and all(_is_int(c) and c > 0 for c in ch)):
         raise bad("conv_channels", "must be two positive integers")
     if cfg["recon_size"] not in RECON_SIZES:
         raise bad("recon_size", f"must be one of {', '.join(map(str, RECON_SIZES))}")
     for key in ("recon_weight", "box_weight"):
         if not float(cfg[key]) >= 0:
             raise bad(key, "must be >= 0")
-    if not isinstance(cfg["copies"], int) or cfg["copies"] < 1:
+    if not _is_int(cfg["copies"]) or cfg["copies"] < 1:
         raise bad("copies", "must be an integer >= 1")
     for key in ("train_images", "test_images"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
+        if cfg[key] is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
             raise bad(key, "must be null or a positive integer")
 
 
@@ -354,7 +359,7 @@ def build(config: dict) -> ShareOrSplitNet:
         config["head"],
         int(config["features"]),
         with_box=config["task"] == "cls_box",
-        conv_channels=tuple(config["conv_channels"]),
+        conv_channels=tuple(int(c) for c in config["conv_channels"]),
         recon_size=int(config["recon_size"]) if float(config["recon_weight"]) > 0 else None,
     )
 
@@ -371,24 +376,28 @@ class TrialData:
     test_params: torch.Tensor  # (T, 3) float64 (s, cx, cy) px
 
 
-def _subset(n_total: int, wanted: int | None, paper: int, key: str, split: str, source: str, stream: int, seed: int):
-    n = min(paper, n_total) if wanted is None else wanted
-    if n > n_total:
+def _subset(config: dict, split: str, n_split: int, source: str) -> np.ndarray:
+    """Indices of the first n digits of a fixed permutation of the split (so smaller sets are nested);
+    n = config[f"{split}_images"], by default the paper's size capped at the split size."""
+    key, paper, stream = (
+        ("train_images", PAPER_TRAIN_IMAGES, _TRAIN_STREAM)
+        if split == "train"
+        else ("test_images", PAPER_TEST_IMAGES, _TEST_STREAM)
+    )
+    n = min(paper, n_split) if config[key] is None else int(config[key])
+    if n > n_split:
         raise UserError(
-            f"trainable share_split: {key} must be at most the {split} split size of {source} ({n_total}), got {n}"
+            f"trainable share_split: {key} must be at most the {split} split size of {source} ({n_split}), got {n}"
         )
-    return np.random.default_rng([seed, stream]).permutation(n_total)[:n]
+    return np.random.default_rng([int(config["data_seed"]), stream]).permutation(n_split)[:n]
 
 
 def prepare(config: dict, data: ImageSet) -> TrialData:
     """Pick the train/test subsets and render the test set once (same in every trial for a data_seed)."""
     _check(config)
-    seed = int(config["data_seed"])
-    tr = _subset(len(data.train_y), config["train_images"], PAPER_TRAIN_IMAGES, "train_images", "train",
-                 data.source, _TRAIN_STREAM, seed)  # fmt: skip
-    te = _subset(len(data.test_y), config["test_images"], PAPER_TEST_IMAGES, "test_images", "test",
-                 data.source, _TEST_STREAM, seed)  # fmt: skip
-    test_params = transform_params(seed, _TEST_STREAM, te, 0)
+    tr = _subset(config, "train", len(data.train_y), data.source)
+    te = _subset(config, "test", len(data.test_y), data.source)
+    test_params = transform_params(int(config["data_seed"]), _TEST_STREAM, te, 0)
     src = data.test_x[torch.from_numpy(te)]
     canvases = [
         (render(src[i : i + EVAL_BATCH], test_params[i : i + EVAL_BATCH]) * 255).round().to(torch.uint8)[:, 0]
@@ -410,8 +419,9 @@ def train_params(data: TrialData, config: dict, epoch: int) -> torch.Tensor:
     return transform_params(int(config["data_seed"]), _TRAIN_STREAM, data.train_index, copy)
 
 
-def _losses(model: ShareOrSplitNet, out: Outputs, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor,
-            cfg: dict) -> dict[str, torch.Tensor]:  # fmt: skip
+def _losses(
+    model: ShareOrSplitNet, out: Outputs, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor, cfg: dict
+) -> dict[str, torch.Tensor]:
     """Weighted loss parts (they sum to the loss): cls (CE or margin), box (L2), recon (summed SE)."""
     if cfg["head"] == "share":
         parts = {"cls": F.cross_entropy(out.scores, y)}

@@ -179,4 +179,46 @@ def test_banner_counts_paused_trials_as_unfinished():
 
     text = state_banner({"TERMINATED": 5, "PAUSED": 2, "RUNNING": 1})
     assert "Study still running" in text and "5 of 8 trials finished, 1 running, 2 paused" in text
-    assert "Complete" not in state_banner({"TERMINATED": 5, "PENDING": 1})
+    assert "<b>Complete</b>" not in state_banner({"TERMINATED": 5, "PENDING": 1})
+
+
+def test_report_on_an_empty_or_failed_study(tmp_path, digit_study):
+    columns = [
+        "trial_id",
+        "status",
+        "arch",
+        "lr",
+        "batch_size",
+        "seed",
+        "params",
+        "epochs_done",
+        "wall_time_s",
+        "error",
+    ]
+    cases = {
+        "empty": pd.DataFrame(columns=columns),
+        "failed": digit_study.trials.head(4).assign(status="ERROR", error="boom"),
+    }
+    pages = {}
+    for name, trials in cases.items():
+        (tmp_path / name / "results").mkdir(parents=True)
+        trials.to_parquet(tmp_path / name / "results" / "trials.parquet")
+        pages[name] = R.write_study_outputs(tmp_path / name).read_text()
+    assert "No trial has reported yet" in pages["empty"] and "<b>Complete</b>" not in pages["empty"]
+    assert "Partly failed</b>: 4 trial(s) errored" in pages["failed"] and pages["failed"].count("boom") == 4
+
+
+def test_number_formats():
+    from analysis.html import fmt_ci, fmt_diff, fmt_duration, fmt_metric, fmt_p
+
+    assert fmt_metric(0.9114, "test_acc") == "91.14%" and fmt_metric(0.8547, "test_iou") == "85.47%"
+    assert fmt_metric(377826, "params") == "377,826" and fmt_metric(0.2345678, "test_loss") == "0.2346"
+    assert fmt_metric(float("nan"), "test_acc") == "—" and fmt_ci(float("nan"), 0.5, "test_acc") == "—"
+    assert fmt_diff(-0.0137, "test_acc") == "-1.37 pp" and fmt_diff(0.01, "test_loss") == "+0.01"
+    assert fmt_ci(0.8, 0.85, "test_acc") == "[80.00%, 85.00%]"
+    assert (fmt_duration(12.34), fmt_duration(250), fmt_duration(3 * 3600 + 300)) == (
+        "12.3 s",
+        "4 min 10 s",
+        "3 h 05 min",
+    )
+    assert (fmt_p(0.0123), fmt_p(1e-7), fmt_p(None)) == ("0.012", "< 1e-4", "—")

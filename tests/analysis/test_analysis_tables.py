@@ -162,6 +162,7 @@ def test_paper_vs_reproduced(trials):
         {"label": "B overall", "where": {"arch": "B"}, "metric": "test_acc", "value": 0.80, "std": None},
         {"label": "C", "where": {"arch": "C"}, "metric": "test_acc", "value": 0.5},
         {"label": "bad key", "where": {"depth": 3}, "metric": "test_acc", "value": 0.5},
+        {"label": "A params", "where": {"arch": "A"}, "metric": "params", "value": 1000},
     ]
     p = T.paper_vs_reproduced(trials, results)
     a, b, c, bad = (p.iloc[i] for i in range(4))
@@ -174,6 +175,8 @@ def test_paper_vs_reproduced(trials):
     assert math.isnan(b["paper_std"])
     assert c["n"] == 0 and c["in_ci"] is None and c["note"] == "no finished trial matches"
     assert bad["n"] == 0 and "depth" in bad["note"]
+    params = p.iloc[4]  # a per-trial column, not a per-epoch metric
+    assert params["n"] == 5 and params["mean"] == 1000 and params["diff"] == 0 and params["note"] == ""
 
 
 def test_select_matches_yaml_values():
