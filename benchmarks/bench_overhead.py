@@ -21,8 +21,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from trainables import get_family  # noqa: E402
-from trainables.common import make_optimizer, resolve_config  # noqa: E402
+from trainables import get_family
+from trainables.common import make_optimizer, resolve_config
 
 OUT = Path(__file__).parent / "results" / "overhead.json"
 

@@ -17,5 +17,7 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 echo "[test] validating every search space"
 .venv/bin/study validate search_spaces/*.yaml
+echo "[test] lint (ruff)"
+.venv/bin/ruff check .
 echo "[test] running the test suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

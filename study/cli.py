@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="submit a study to a Ray cluster through the Ray Jobs API")
     sb.add_argument("spec")
-    sb.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard/jobs address (default: %(default)s)")
+    sb.add_argument(
+        "--address", default="http://127.0.0.1:8265", help="Ray dashboard/jobs address (default: %(default)s)"
+    )
     sb.add_argument("--name")
     sb.add_argument("--storage", default=None, help="results root on the cluster (e.g. s3://bucket/studies)")
     sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -151,7 +153,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_submit(a: argparse.Namespace) -> int:
     from study.submit import submit
 
-    job_id = submit(Path(a.spec), address=a.address, name=a.name, storage=a.storage, overrides=a.overrides, smoke=a.smoke)
+    job_id = submit(
+        Path(a.spec), address=a.address, name=a.name, storage=a.storage, overrides=a.overrides, smoke=a.smoke
+    )
     print(f"submitted job {job_id} to {a.address}")
     print(f"follow it: ray job logs --address {a.address} --follow {job_id}")
     return 0

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from analysis.report import write_parquet
 from study.spec import Spec
 
 # columns Ray adds to every result row that are not metrics
@@ -33,12 +34,6 @@ STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
 
 def lower_is_better(metric: str) -> bool:
     return "loss" in metric or "error" in metric
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _latest_state(study_dir: Path) -> dict | None:
@@ -98,7 +93,15 @@ def _trials_from_state(study_dir: Path) -> list[dict]:
             continue
         rows = _read_jsonl(d / "result.json")
         tid = rows[-1]["trial_id"] if rows else d.name.removeprefix("trial_")
-        out.append({"trial_id": tid, "status": "PENDING", "config": json.loads(params.read_text()), "logdir": d.name, "meta": {}})
+        out.append(
+            {
+                "trial_id": tid,
+                "status": "PENDING",
+                "config": json.loads(params.read_text()),
+                "logdir": d.name,
+                "meta": {},
+            }
+        )
     return out
 
 
@@ -153,7 +156,9 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         trial_rows.append(row)
     trials = pd.DataFrame(sorted(trial_rows, key=lambda r: r["trial_id"]))
     if trials.empty:
-        trials = pd.DataFrame(columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"])
+        trials = pd.DataFrame(
+            columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
+        )
     epochs_df = pd.DataFrame(epoch_rows)
     if epochs_df.empty:
         epochs_df = pd.DataFrame(columns=["trial_id", "epoch", "time_total_s", "diverged"])
@@ -181,25 +186,12 @@ def study_metadata(spec: Spec, study_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_parquet(df: pd.DataFrame, path: Path, metadata: dict[str, Any] | None = None) -> None:
-    """Atomic Parquet write, with optional JSON metadata under the schema key ``study``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if metadata is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"study": json.dumps(metadata).encode()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def write_results(study_dir: Path, spec: Spec, trials: pd.DataFrame, epochs: pd.DataFrame) -> Path:
     out = Path(study_dir) / "results"
     out.mkdir(parents=True, exist_ok=True)
-    meta = study_metadata(spec, Path(study_dir))
-    write_parquet(_mixed_to_str(trials), out / "trials.parquet", meta)
-    write_parquet(epochs, out / "epochs.parquet", meta)
+    meta = {b"study": json.dumps(study_metadata(spec, Path(study_dir))).encode()}
+    write_parquet(_mixed_to_str(trials), out / "trials.parquet", metadata=meta)
+    write_parquet(epochs, out / "epochs.parquet", metadata=meta)
     return out
 
 
@@ -277,10 +269,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
             total = max(len(trials), spec.n_trials())
             elapsed = time.time() - self.t0
-            line = (
-                f"[study] {done}/{total} done, {counts.get('RUNNING', 0)} running, "
-                f"{counts.get('ERROR', 0)} failed"
-            )
+            line = f"[study] {done}/{total} done, {counts.get('RUNNING', 0)} running, {counts.get('ERROR', 0)} failed"
             if best is not None:
                 shown = {k: best_trial.config.get(k) for k in [*spec.space, "seed"] if k in best_trial.config}
                 hp = " ".join(f"{k}={v}" for k, v in shown.items())

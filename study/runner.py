@@ -85,8 +85,8 @@ def record_spec(study_dir: Path, spec: Spec, spec_path: str | Path) -> None:
             )
         return
     study_dir.mkdir(parents=True, exist_ok=True)
-    results_mod.atomic_write_text(target, text)
-    results_mod.atomic_write_text(study_dir / SPEC_SOURCE_FILE, str(Path(spec_path).resolve()) + "\n")
+    results_mod.write_text(text, target)
+    results_mod.write_text(str(Path(spec_path).resolve()) + "\n", study_dir / SPEC_SOURCE_FILE)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -129,9 +129,8 @@ def check_resources(spec: Spec) -> None:
 def autoscaling_cluster() -> bool:
     """True when the connected cluster runs an autoscaler (then waiting for nodes is right)."""
     try:
-        from ray.autoscaler.v2.sdk import get_cluster_status
-
         import ray
+        from ray.autoscaler.v2.sdk import get_cluster_status
 
         status = get_cluster_status(ray.get_runtime_context().gcs_address)
         return bool(getattr(status, "pending_launches", None) is not None and _has_autoscaler_config(status))
@@ -150,16 +149,12 @@ def build_tuner(spec: Spec, study_dir: Path, storage: str, data: Any, progress: 
     seeds = spec.seed_list
     use_repeater = spec.search.algorithm == "optuna" and len(seeds) > 1
     trainable = tune.with_resources(
-        tune.with_parameters(
-            trial_entry, data=data, family_name=spec.trainable, seeds=seeds if use_repeater else None
-        ),
+        tune.with_parameters(trial_entry, data=data, family_name=spec.trainable, seeds=seeds if use_repeater else None),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     if Path(study_dir).exists() and tune.Tuner.can_restore(str(study_dir)):
         print(f"[study] resuming {study_dir}", flush=True)
-        return tune.Tuner.restore(
-            str(study_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
+        return tune.Tuner.restore(str(study_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
     param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
@@ -234,7 +229,11 @@ def run_study(
     study_dir = Path(storage_root) / name
     family = get_family(spec.trainable)
 
-    print(f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {study_dir}", file=out, flush=True)
+    print(
+        f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {study_dir}",
+        file=out,
+        flush=True,
+    )
     init_ray(address)
     check_resources(spec)
     record_spec(study_dir, spec, spec_path)
@@ -258,7 +257,9 @@ def run_study(
     report_path = None
     if report:
         report_path = write_report(study_dir, out)
-    print(f"[study] {name}: {results_mod.format_counts(counts)}; results in {study_dir / 'results'}", file=out, flush=True)
+    print(
+        f"[study] {name}: {results_mod.format_counts(counts)}; results in {study_dir / 'results'}", file=out, flush=True
+    )
     if interrupted:
         print(f"[study] interrupted: run the same command again to resume {name}", file=out, flush=True)
         raise KeyboardInterrupt

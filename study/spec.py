@@ -277,7 +277,9 @@ def check_keys(spec: Spec, path: str | Path) -> None:
 
     family = REGISTRY.get(spec.trainable)
     if family is None:
-        raise UserError(f"{path}: trainable: unknown trainable {spec.trainable!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise UserError(
+            f"{path}: trainable: unknown trainable {spec.trainable!r}; known: {', '.join(sorted(REGISTRY))}"
+        )
     known = family.all_defaults
     for section, keys in (("data", spec.data.config), ("fixed", spec.fixed), ("space", spec.space)):
         for key in keys:

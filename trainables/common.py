@@ -91,7 +91,9 @@ def resolve_config(family: Family, config: Mapping[str, Any]) -> dict[str, Any]:
         )
     cfg = {**known, **{k: v for k, v in config.items() if not k.startswith("__")}}
     if cfg["optimizer"] not in OPTIMIZERS:
-        raise UserError(f"trainable {family.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}")
+        raise UserError(
+            f"trainable {family.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}"
+        )
     return cfg
 
 
@@ -176,7 +178,9 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics}
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
-            tune.report({**last_finite, "epoch": epoch, "params": params, "lr": lr, "diverged": 1, "error": "non-finite metric"})
+            tune.report(
+                {**last_finite, "epoch": epoch, "params": params, "lr": lr, "diverged": 1, "error": "non-finite metric"}
+            )
             return
         last_finite = metrics
         with tempfile.TemporaryDirectory() as d:

@@ -87,5 +87,7 @@ def test_impossible_resources_on_fixed_cluster_exit_2(ray_local, capsys, tmp_pat
     spec = write_spec(tmp_path / "gpu.yaml", name="gpu", resources={"cpu": 1, "gpu": 1})
     code, _, err = run(capsys, "run", str(spec), "--storage", str(tmp_path))
     assert code == 2
-    assert err.startswith("study: error: resources: a trial asks for cpu=1, gpu=1 but no node of this fixed-size cluster")
+    assert err.startswith(
+        "study: error: resources: a trial asks for cpu=1, gpu=1 but no node of this fixed-size cluster"
+    )
     assert err.count("\n") == 1

@@ -69,7 +69,9 @@ def test_good_spec_and_domains(tmp_path: Path) -> None:
 
 
 def test_overrides_dotted_paths(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, GOOD), ["fixed.epochs=5", "data.source=mnist", "repeats=3", "fixed.lr_milestones=[3, 4]"])
+    spec = load_spec(
+        write(tmp_path, GOOD), ["fixed.epochs=5", "data.source=mnist", "repeats=3", "fixed.lr_milestones=[3, 4]"]
+    )
     assert spec.fixed["epochs"] == 5
     assert spec.fixed["lr_milestones"] == [3, 4]
     assert spec.data.source == "mnist"
@@ -77,7 +79,13 @@ def test_overrides_dotted_paths(tmp_path: Path) -> None:
 
 
 def test_smoke_is_tiny(tmp_path: Path) -> None:
-    raw = with_(space={"lr": {"grid": [0.1, 0.2, 0.3]}, "batch_size": {"grid": [10, 20, 30]}, "arch": {"grid": ["ConvNet", "Siamese"]}})
+    raw = with_(
+        space={
+            "lr": {"grid": [0.1, 0.2, 0.3]},
+            "batch_size": {"grid": [10, 20, 30]},
+            "arch": {"grid": ["ConvNet", "Siamese"]},
+        }
+    )
     spec = smoke_spec(load_spec(write(tmp_path, raw)), {"n_train": 50, "epochs": 1})
     assert spec.seed_list == [0]
     assert spec.fixed["epochs"] == 1
@@ -90,7 +98,11 @@ BAD = [
     ("missing trainable", with_(trainable=...), "s.yaml: trainable: Field required"),
     ("unknown trainable", with_(trainable="nope"), "s.yaml: trainable: unknown trainable 'nope'; known: digit_pairs"),
     ("unknown top key", with_(epochs=3), "s.yaml: epochs: Extra inputs are not permitted (got 3)"),
-    ("bad source", with_(data__source="cifar"), "s.yaml: data.source: Input should be 'mnist' or 'mnist-5k' (got 'cifar')"),
+    (
+        "bad source",
+        with_(data__source="cifar"),
+        "s.yaml: data.source: Input should be 'mnist' or 'mnist-5k' (got 'cifar')",
+    ),
     (
         "unknown fixed key",
         with_(fixed__epochz=3),
@@ -111,7 +123,11 @@ BAD = [
         with_(space__lr={"normal": [0, 1]}),
         "s.yaml: space.lr: must be a mapping with exactly one of grid, choice, uniform, loguniform, randint, but got {'normal': [0, 1]}",
     ),
-    ("empty grid", with_(space__arch={"grid": []}), "s.yaml: space.arch.grid: List should have at least 1 item after validation, not 0 (got [])"),
+    (
+        "empty grid",
+        with_(space__arch={"grid": []}),
+        "s.yaml: space.arch.grid: List should have at least 1 item after validation, not 0 (got [])",
+    ),
     ("repeats zero", with_(repeats=0), "s.yaml: repeats: Input should be greater than or equal to 1 (got 0)"),
     ("mode", with_(mode="maximum"), "s.yaml: mode: Input should be 'max' or 'min' (got 'maximum')"),
     ("seed in space", with_(fixed__seed=1), "s.yaml: (top level): seed is set by repeats/seeds, not by space or fixed"),
