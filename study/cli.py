@@ -78,10 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def study_dir(storage: str, name: str) -> Path:
-    d = Path(storage).expanduser() / name
-    if not (d / "spec.yaml").exists():
-        raise UserError(f"{d}: no study named {name!r} under {storage} (see `study ls --storage {storage}`)")
-    return d
+    """A study's local directory (for shared storage, a fresh local mirror of it)."""
+    from study.storage import Store
+
+    store = Store.open(storage)
+    if store.read_text(name, "spec.yaml") is None:
+        raise UserError(
+            f"{store.study_path(name)}: no study named {name!r} under {storage} (see `study ls --storage {storage}`)"
+        )
+    return store.pull(name)
+
+
+def push_results(storage: str, name: str) -> None:
+    from study.storage import Store
+
+    Store.open(storage).push(name, "results")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -106,7 +117,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 def cmd_ls(a: argparse.Namespace) -> int:
     from study.results import format_counts, list_studies
 
-    studies = list_studies(Path(a.storage).expanduser())
+    studies = list_studies(a.storage)
     if not studies:
         print(f"no studies under {a.storage}")
     for s in studies:
@@ -115,11 +126,10 @@ def cmd_ls(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from study.results import format_counts, list_studies
+    from study.results import format_counts, study_counts
 
     d = study_dir(a.storage, a.name)
-    counts = next(s["counts"] for s in list_studies(d.parent) if s["name"] == a.name)
-    print(f"{a.name}: {format_counts(counts)}")
+    print(f"{a.name}: {format_counts(study_counts(d))}")
     print(f"results: {d / 'results'}")
     return 0
 
@@ -138,6 +148,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     if unfinished:
         print(f"{a.name}: partial results ({format_counts(counts)})")
     write_report(d)
+    push_results(a.storage, a.name)
     return 0
 
 

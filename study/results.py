@@ -222,15 +222,22 @@ def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no trials"
 
 
-def list_studies(storage: Path) -> list[dict[str, Any]]:
-    """Studies under a storage directory with trial counts by status (reads the state, not Ray)."""
+def study_counts(study_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in _trials_from_state(study_dir):
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return counts
+
+
+def list_studies(storage: str | Path) -> list[dict[str, Any]]:
+    """Studies under a storage root with trial counts by status (reads the state, not Ray)."""
+    from study.storage import Store
+
+    store = Store.open(storage)
     out = []
-    for spec_file in sorted(Path(storage).glob("*/spec.yaml")):
-        study_dir = spec_file.parent
-        counts: dict[str, int] = {}
-        for t in _trials_from_state(study_dir):
-            counts[t["status"]] = counts.get(t["status"], 0) + 1
-        out.append({"name": study_dir.name, "dir": study_dir, "counts": counts})
+    for name in store.names():
+        study_dir = store.pull(name)
+        out.append({"name": name, "dir": study_dir, "counts": study_counts(study_dir)})
     return out
 
 

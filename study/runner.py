@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from analysis.report import write_text
 from study import results as results_mod
 from study.errors import UserError
 from study.spec import Spec, load_spec, smoke_spec, spec_to_yaml, to_param_space
+from study.storage import Store
 
 SPEC_FILE = "spec.yaml"
 SPEC_SOURCE_FILE = "spec_file.txt"  # path of the YAML the study was started from
@@ -57,36 +59,23 @@ def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Sp
     return spec
 
 
-def resolve_storage(storage: str | Path) -> str:
-    """Absolute local path (created and checked writable) or a URI (s3://, gs://) left to Ray."""
-    storage = str(storage)
-    if "://" in storage:
-        return storage
-    path = Path(storage).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-check-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--storage {storage}: directory cannot be written ({e.strerror or e})") from None
-    return str(path)
-
-
-def record_spec(study_dir: Path, spec: Spec, spec_path: str | Path) -> None:
-    """Save the resolved spec; refuse to resume a study under a different spec."""
+def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> Path:
+    """Save the resolved spec; refuse to resume a study under a different spec. Returns the local dir."""
     text = spec_to_yaml(spec)
-    target = study_dir / SPEC_FILE
-    if target.exists():
-        if target.read_text() != text:
+    existing = store.read_text(name, SPEC_FILE)
+    local = store.local_dir(name)
+    if existing is not None:
+        if existing != text:
             raise UserError(
-                f"{study_dir}: this study was started with a different spec; "
+                f"{store.study_path(name)}: this study was started with a different spec; "
                 f"use --name to start a new study, or rerun with the same file and --set values"
             )
-        return
-    study_dir.mkdir(parents=True, exist_ok=True)
-    results_mod.write_text(text, target)
-    results_mod.write_text(str(Path(spec_path).resolve()) + "\n", study_dir / SPEC_SOURCE_FILE)
+        return local
+    local.mkdir(parents=True, exist_ok=True)
+    write_text(text, local / SPEC_FILE)
+    write_text(str(Path(spec_path).resolve()) + "\n", local / SPEC_SOURCE_FILE)
+    store.push(name, SPEC_FILE, SPEC_SOURCE_FILE)
+    return local
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -143,7 +132,7 @@ def _has_autoscaler_config(status: Any) -> bool:
     return bool(os.environ.get("RAY_FAKE_CLUSTER")) or bool(getattr(status, "pending_launches", []))
 
 
-def build_tuner(spec: Spec, study_dir: Path, storage: str, data: Any, progress: Any):
+def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
     from ray import tune
 
     seeds = spec.seed_list
@@ -152,9 +141,10 @@ def build_tuner(spec: Spec, study_dir: Path, storage: str, data: Any, progress: 
         tune.with_parameters(trial_entry, data=data, family_name=spec.trainable, seeds=seeds if use_repeater else None),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-    if Path(study_dir).exists() and tune.Tuner.can_restore(str(study_dir)):
-        print(f"[study] resuming {study_dir}", flush=True)
-        return tune.Tuner.restore(str(study_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    path = store.study_path(name)
+    if tune.Tuner.can_restore(path):
+        print(f"[study] resuming {path}", flush=True)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
     param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
@@ -196,8 +186,8 @@ def build_tuner(spec: Spec, study_dir: Path, storage: str, data: Any, progress: 
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=study_dir.name,
-            storage_path=storage,
+            name=name,
+            storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=0,
@@ -223,20 +213,18 @@ def run_study(
     out = out or sys.stdout
     spec = prepare_spec(spec_path, overrides or [], smoke)
     name = name or spec.name
-    storage_root = resolve_storage(storage)
-    if "://" in storage_root:
-        raise UserError(f"--storage {storage_root}: remote storage is used through a cluster; run on the head node")
-    study_dir = Path(storage_root) / name
+    store = Store.open(storage, create=True)
     family = get_family(spec.trainable)
 
+    where = store.study_path(name)
     print(
-        f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {study_dir}",
+        f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {where}",
         file=out,
         flush=True,
     )
     init_ray(address)
     check_resources(spec)
-    record_spec(study_dir, spec, spec_path)
+    record_spec(store, name, spec, spec_path)
     t0 = time.time()
     data = family.load_data(spec.data.source, spec.data.root)
     print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)
@@ -245,21 +233,22 @@ def run_study(
     # a trial that diverges in its first epoch reports no metric yet (it is recorded as DIVERGED)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     progress = results_mod.make_progress_callback(spec, out=out)
-    tuner = build_tuner(spec, study_dir, storage_root, data, progress)
+    tuner = build_tuner(spec, store, name, data, progress)
     interrupted = False
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    study_dir = store.pull(name)
     trials, epochs = results_mod.collect(study_dir, spec)
     results_mod.write_results(study_dir, spec, trials, epochs)
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     report_path = None
     if report:
         report_path = write_report(study_dir, out)
-    print(
-        f"[study] {name}: {results_mod.format_counts(counts)}; results in {study_dir / 'results'}", file=out, flush=True
-    )
+    store.push(name, "results")
+    results_at = f"{where}/results" if store.remote else study_dir / "results"
+    print(f"[study] {name}: {results_mod.format_counts(counts)}; results in {results_at}", file=out, flush=True)
     if interrupted:
         print(f"[study] interrupted: run the same command again to resume {name}", file=out, flush=True)
         raise KeyboardInterrupt
@@ -268,11 +257,9 @@ def run_study(
 
 def write_report(study_dir: Path, out: TextIO | None = None) -> Path | None:
     """Build the study's tables and HTML report (analysis package)."""
+    from analysis.report import write_study_outputs
+
     out = out or sys.stdout
-    try:
-        from analysis.report import write_study_outputs
-    except ImportError:
-        return None
     path = write_study_outputs(study_dir)
     print(f"[study] report: {path}", file=out, flush=True)
     return path

@@ -55,7 +55,8 @@ outputs.
 Metrics per epoch: ``train_loss``/``test_loss`` and their weighted parts ``*_cls_loss``
 (cross-entropy for Share, margin loss for Split: not comparable across heads), ``*_box_loss``
 (task cls_box only) and ``*_recon_loss``; ``train_acc``, ``test_acc`` (fractions); ``test_iou``
-(mean IoU of the square boxes, task cls_box only); ``n_train_images``, ``n_test_images``.
+(mean IoU of the square boxes, task cls_box only). The recon parts are absent when
+``recon_weight`` is 0.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ DEFAULTS: dict[str, Any] = {
     "test_images": None,  # transformed test images; null = 5,000 capped at the split size
     "data_seed": 0,  # seed of the transforms and subsets (not the training `seed`): same test set in every trial
     # -- common keys, with the paper's recipe (Sec. 3.2) as defaults
-    "optimizer": "adam",
+    "optimizer": "adam",  # Adam (Sec. 3.2)
     "lr": 1e-3,  # Adam step size
     "batch_size": 64,  # images per step
     "epochs": 80,  # passes over the train_images source images (one copy of each per pass)
@@ -481,7 +482,7 @@ def train_epoch(
         correct += int((out.scores.argmax(-1) == y).sum())
         n += len(idx)
     model.epochs_trained += 1
-    return {**_summary("train", sums, correct, n), "n_train_images": len(data.train_y)}
+    return _summary("train", sums, correct, n)
 
 
 def evaluate(model: ShareOrSplitNet, data: TrialData, config: dict, device: torch.device) -> dict[str, float]:
@@ -500,7 +501,7 @@ def evaluate(model: ShareOrSplitNet, data: TrialData, config: dict, device: torc
             if out.box is not None:
                 iou += square_iou(out.box.float() * CANVAS, box_from_params(params).to(out.box)).sum().item()
     n = len(data.test_y)
-    metrics = {**_summary("test", sums, correct, n), "n_test_images": n}
+    metrics = _summary("test", sums, correct, n)
     if config["task"] == "cls_box":
         metrics["test_iou"] = iou / n
     return metrics

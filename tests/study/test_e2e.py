@@ -96,3 +96,27 @@ def test_smoke_form_of_every_shipped_space(ray_local, tmp_path: Path) -> None:
         assert outcome.counts.get("TERMINATED", 0) >= 1 and not outcome.failed, (path.name, outcome.counts)
         trials = pd.read_parquet(outcome.study_dir / "results" / "trials.parquet")
         assert (trials["epochs_done"] == 1).all() and trials["seed"].nunique() == 1
+
+
+def test_study_on_uri_storage(ray_local, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Shared storage by URI (file:// here; s3:// on a cluster) goes through the same pyarrow.fs path."""
+    import study.storage
+    from study.cli import main
+
+    monkeypatch.setattr(study.storage, "CACHE", tmp_path / "cache")
+    uri = f"file://{tmp_path}/shared"
+    spec = write_spec(tmp_path / "uri.yaml", name="uri", repeats=1, fixed={"epochs": 1, "batch_size": 50})
+    outcome = run_study(spec, storage=uri, report=False)
+    assert outcome.counts == {"TERMINATED": 2}
+    remote = tmp_path / "shared" / "uri"
+    assert (remote / "spec.yaml").exists() and len(list(remote.glob("trial_*"))) == 2
+    trials = pd.read_parquet(remote / "results" / "trials.parquet")
+    assert len(trials) == 2 and set(trials["status"]) == {"TERMINATED"}
+    assert not list((tmp_path / "cache").rglob("checkpoint_*"))  # the local mirror leaves checkpoints out
+
+    capsys.readouterr()
+    assert main(["ls", "--storage", uri]) == 0
+    assert capsys.readouterr().out.split() == ["uri", "2", "terminated"]
+    (remote / "results" / "report.html").unlink(missing_ok=True)
+    assert main(["report", "uri", "--storage", uri]) == 0
+    assert (remote / "results" / "report.html").stat().st_size > 100_000

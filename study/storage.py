@@ -1,0 +1,141 @@
+"""Where studies live: a local directory, or shared storage named by a URI (``s3://``, ``gs://``).
+
+Ray Tune writes trials straight to the storage (`Store.study_path` is its ``storage_path/name``).
+The tables and reports are computed on a local copy: for a URI, `Store.pull` mirrors a study
+into ``~/.cache/study-platform/studies/`` (checkpoints left out) and `Store.push` uploads what was
+written there (spec, results). For a local directory both are no-ops. All remote I/O goes through
+``pyarrow.fs`` (the filesystem layer Ray Tune itself uses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from study.errors import UserError
+
+CACHE = Path(os.environ.get("STUDY_CACHE", "~/.cache/study-platform/studies")).expanduser()
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+@dataclass(frozen=True)
+class Store:
+    """A storage root. `root` is an absolute local path or a URI."""
+
+    root: str
+
+    @classmethod
+    def open(cls, storage: str | Path, *, create: bool = False) -> Store:
+        """Resolve (and with `create`, check that it can be written) a storage root; errors are one line."""
+        storage = str(storage)
+        if not is_uri(storage):
+            path = Path(storage).expanduser().resolve()
+            if create:
+                try:
+                    path.mkdir(parents=True, exist_ok=True)
+                    probe = path / f".write-check-{os.getpid()}"
+                    probe.write_text("ok")
+                    probe.unlink()
+                except OSError as e:
+                    raise UserError(f"--storage {storage}: directory cannot be written ({e.strerror or e})") from None
+            return cls(str(path))
+        store = cls(storage.rstrip("/"))
+        if create:
+            try:
+                fs, base = store._fs()
+                fs.create_dir(base, recursive=True)
+                probe = f"{base}/.write-check-{os.getpid()}"
+                with fs.open_output_stream(probe) as f:
+                    f.write(b"ok")
+                fs.delete_file(probe)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ... per backend
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"--storage {storage}: storage cannot be written ({first})") from None
+        return store
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.root)
+
+    def _fs(self):
+        import pyarrow.fs
+
+        try:
+            return pyarrow.fs.FileSystem.from_uri(self.root)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"--storage {self.root}: not a storage URI pyarrow can open ({e})") from None
+
+    def study_path(self, name: str) -> str:
+        """Path or URI of a study, as Ray Tune sees it."""
+        return f"{self.root}/{name}"
+
+    def local_dir(self, name: str) -> Path:
+        """The directory where the study's tables are computed (the study itself when local)."""
+        if not self.remote:
+            return Path(self.root) / name
+        key = hashlib.sha1(self.root.encode()).hexdigest()[:10]
+        return CACHE / key / name
+
+    def names(self) -> list[str]:
+        """Studies (directories with a spec.yaml) under this root."""
+        if not self.remote:
+            return sorted(p.parent.name for p in Path(self.root).glob("*/spec.yaml"))
+        import pyarrow.fs
+
+        fs, base = self._fs()
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+        dirs = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
+        return sorted(d for d in dirs if fs.get_file_info(f"{base}/{d}/spec.yaml").type == pyarrow.fs.FileType.File)
+
+    def pull(self, name: str) -> Path:
+        """Mirror a remote study locally (no checkpoints); returns `local_dir(name)`."""
+        local = self.local_dir(name)
+        if not self.remote:
+            return local
+        import pyarrow.fs
+
+        fs, base = self._fs()
+        src = f"{base}/{name}"
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(src, recursive=True, allow_not_found=True)):
+            rel = info.path[len(src) + 1 :]
+            if info.type != pyarrow.fs.FileType.File or "checkpoint_" in rel or rel.startswith("results/"):
+                continue
+            dst = local / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as f:
+                dst.write_bytes(f.read())
+        return local
+
+    def push(self, name: str, *relpaths: str) -> None:
+        """Upload files or directories (relative to the study) from the local mirror."""
+        if not self.remote:
+            return
+        fs, base = self._fs()
+        local = self.local_dir(name)
+        for rel in relpaths:
+            src = local / rel
+            files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+            for f in files:
+                target = f"{base}/{name}/{f.relative_to(local).as_posix()}"
+                fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                with fs.open_output_stream(target) as out:
+                    out.write(f.read_bytes())
+
+    def read_text(self, name: str, rel: str) -> str | None:
+        """A small file of a study, or None when it does not exist."""
+        if not self.remote:
+            p = Path(self.root) / name / rel
+            return p.read_text() if p.exists() else None
+        import pyarrow.fs
+
+        fs, base = self._fs()
+        path = f"{base}/{name}/{rel}"
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            return f.read().decode()
