@@ -142,6 +142,8 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         for c in hp_cols:
             row[c] = _cell(config.get(c))
         row["seed"] = config.get("seed")
+        if row["seed"] is None and "__trial_index__" in config:  # Repeater (optuna): seed from the repeat index
+            row["seed"] = spec.seed_list[int(config["__trial_index__"])]
         for m in metric_names:
             vals = [r[m] for r in epochs if _is_number(r.get(m)) and math.isfinite(r[m])]
             row[f"final_{m}"] = vals[-1] if vals else math.nan

@@ -189,7 +189,8 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
             name=name,
             storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # keep the last 3 epoch checkpoints per trial; Tune snapshots its state when it deletes older ones
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             verbose=0,
             callbacks=[progress],
         ),
@@ -232,6 +233,7 @@ def run_study(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own tables off: our progress lines instead
     # a trial that diverges in its first epoch reports no metric yet (it is recorded as DIVERGED)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     progress = results_mod.make_progress_callback(spec, out=out)
     tuner = build_tuner(spec, store, name, data, progress)
     interrupted = False

@@ -9,12 +9,14 @@ binds its dashboard to 127.0.0.1, and runs with token authentication explicitly 
 
 Fixtures:
     multinode_cluster: head (0 CPUs, like cluster.yaml) + 2 workers with 1 CPU each.
-    local_cluster_factory: start(**LocalRayCluster.start kwargs) -> LocalRayCluster.
+    local_cluster_factory / module_cluster_factory: start(num_workers=.., dashboard=..,
+        auth_token=..) -> LocalRayCluster, shut down after the test / the module.
     autoscaling_cluster: head started with fake_multinode.yaml (workers from zero).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,6 +77,7 @@ class LocalRayCluster:
     in-process, or run a driver subprocess with env=cluster.env."""
 
     temp_dir: Path
+    auth_token: str | None = None  # None: token auth off; else RAY_AUTH_MODE=token with this token
     address: str = ""  # "ip:port" of the GCS
     dashboard_url: str | None = None  # "http://127.0.0.1:port" (Jobs API) if started with dashboard=True
     head: Node | None = None
@@ -83,7 +86,12 @@ class LocalRayCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, **CLUSTER_ENV, "RAY_TMPDIR": str(self.temp_dir), "RAY_ADDRESS": self.address}
+        env = {**os.environ, **CLUSTER_ENV, "RAY_TMPDIR": str(self.temp_dir), "RAY_ADDRESS": self.address}
+        for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):  # never the machine's ~/.ray token settings
+            env.pop(var, None)
+        if self.auth_token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.auth_token)
+        return env
 
     # --- starting -------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Node:
@@ -132,15 +140,19 @@ class LocalRayCluster:
         address_file = self.temp_dir / "ray_current_cluster"  # written once the head is up
         _wait_for(lambda: address_file.exists() and address_file.read_text().strip(), self.head, "head to start")
         self.address = address_file.read_text().strip()
-        self.head.node_id = _wait_for(lambda: self._alive_node_id(None), self.head, "head to register")
+        if not self.auth_token:  # (this process's GCS client has no token: its auth mode is fixed at import)
+            self.head.node_id = _wait_for(lambda: self._alive_node_id(None), self.head, "head to register")
         if dashboard:
             self.dashboard_url = f"http://127.0.0.1:{port}"
-            _wait_for(lambda: _http_ok(f"{self.dashboard_url}/api/version"), self.head, "dashboard")
+            url = f"{self.dashboard_url}/api/version"
+            _wait_for(lambda: _http_ok(url, self.auth_token), self.head, "dashboard")
 
     def add_workers(
         self, n: int, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None
     ) -> list[Node]:
         """Start n worker nodes at once and wait until the GCS lists all of them alive."""
+        if self.auth_token and n:
+            raise NotImplementedError("worker nodes are tracked through the GCS, which needs the token: auth off")
 
         def spawn(name: str) -> Node:
             args = [
@@ -222,11 +234,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, token: str | None = None) -> bool:
     import urllib.request
 
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(request, timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -277,14 +290,13 @@ def _disconnect_driver_from(address: str) -> None:
         ray.shutdown()
 
 
-def _new_cluster() -> LocalRayCluster:
+def _new_cluster(auth_token: str | None = None) -> LocalRayCluster:
     # Short path under /tmp: Ray's unix sockets live below it (108-byte limit).
-    return LocalRayCluster(temp_dir=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
+    return LocalRayCluster(temp_dir=Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")), auth_token=auth_token)
 
 
-@pytest.fixture
-def local_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
-    """start(num_workers=2, cpus_per_worker=1, worker_resources=None, dashboard=False)."""
+@contextlib.contextmanager
+def _cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
     clusters: list[LocalRayCluster] = []
 
     def start(
@@ -294,8 +306,9 @@ def local_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
         gpus_per_worker: int = 0,
         worker_resources: dict[str, float] | None = None,
         dashboard: bool = False,
+        auth_token: str | None = None,
     ) -> LocalRayCluster:
-        cluster = _new_cluster()
+        cluster = _new_cluster(auth_token)
         clusters.append(cluster)
         cluster.start_head(dashboard=dashboard)
         cluster.add_workers(num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, resources=worker_resources)
@@ -306,6 +319,21 @@ def local_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
     finally:
         for cluster in clusters:
             cluster.shutdown()
+
+
+@pytest.fixture
+def local_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
+    """start(num_workers=2, cpus_per_worker=1, gpus_per_worker=0, worker_resources=None, dashboard=False,
+    auth_token=None) -> a started LocalRayCluster; all are shut down after the test."""
+    with _cluster_factory() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
+    """As local_cluster_factory, but clusters live until the test module ends (share one head)."""
+    with _cluster_factory() as start:
+        yield start
 
 
 @pytest.fixture

@@ -120,3 +120,24 @@ def test_study_on_uri_storage(ray_local, tmp_path: Path, monkeypatch, capsys) ->
     (remote / "results" / "report.html").unlink(missing_ok=True)
     assert main(["report", "uri", "--storage", uri]) == 0
     assert (remote / "results" / "report.html").stat().st_size > 100_000
+
+
+def test_optuna_search_with_repeats_and_asha(ray_local, tmp_path: Path) -> None:
+    """Optuna TPE through Ray's OptunaSearch; each suggested config runs once per seed (Repeater)."""
+    spec = write_spec(
+        tmp_path / "optuna.yaml",
+        name="optuna",
+        fixed={"epochs": 2, "arch": "ConvNet"},
+        space={"lr": {"loguniform": [0.001, 0.1]}, "batch_size": {"choice": [25, 50]}},
+        repeats=2,
+        search={"algorithm": "optuna", "num_samples": 3, "seed": 1},
+        scheduler={"type": "asha", "grace_period": 1},
+    )
+    outcome = run_study(spec, storage=tmp_path, report=False)
+    trials = pd.read_parquet(outcome.study_dir / "results" / "trials.parquet")
+    assert len(trials) == 6 and set(trials["status"]) == {"TERMINATED"}
+    assert sorted(trials["seed"]) == [0, 0, 0, 1, 1, 1]
+    groups = trials.groupby(["lr", "batch_size"])["seed"].apply(sorted)
+    assert len(groups) == 3 and all(g == [0, 1] for g in groups)  # 3 configs x 2 seeds
+    assert trials["lr"].between(0.001, 0.1).all() and set(trials["batch_size"]) <= {25, 50}
+    assert "__trial_index__" not in trials.columns
