@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,8 @@ def lower_is_better(metric: str) -> bool:
 
 
 def _latest_state(study_dir: Path) -> dict | None:
-    files = sorted(glob.glob(str(study_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    # the newest by the timestamp in the name (mtimes change when Tune syncs old files again)
+    files = sorted(glob.glob(str(study_dir / "experiment_state-*.json")))
     for f in reversed(files):
         try:
             return json.loads(Path(f).read_text())
@@ -307,3 +307,23 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
                 self.last_line, self.last_print = line, time.time()
 
     return ProgressCallback(spec, out)
+
+
+def make_prune_callback():
+    """A `ray.tune.Callback` that deletes all but the last checkpoint of a trial once it ends."""
+    from ray.tune import Callback
+
+    class PruneCheckpoints(Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            import pyarrow.fs
+
+            fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+            try:
+                infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+                ckpts = sorted(i.path for i in infos if i.base_name.startswith("checkpoint_") and i.type.name == "Directory")
+                for old in ckpts[:-1]:
+                    fs.delete_dir(old)
+            except OSError:  # pruning only saves space: never fail a study over it
+                pass
+
+    return PruneCheckpoints()

@@ -189,10 +189,11 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
             name=name,
             storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            # keep the last 3 epoch checkpoints per trial; Tune snapshots its state when it deletes older ones
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            # every epoch's checkpoint is kept while a trial runs (so the experiment state never points
+            # at a deleted one after a crash); PruneCheckpoints keeps only the last once a trial ends
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
-            callbacks=[progress],
+            callbacks=[progress, results_mod.make_prune_callback()],
         ),
     )
 
@@ -233,7 +234,6 @@ def run_study(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own tables off: our progress lines instead
     # a trial that diverges in its first epoch reports no metric yet (it is recorded as DIVERGED)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     progress = results_mod.make_progress_callback(spec, out=out)
     tuner = build_tuner(spec, store, name, data, progress)
     interrupted = False
@@ -251,8 +251,9 @@ def run_study(
     store.push(name, "results")
     results_at = f"{where}/results" if store.remote else study_dir / "results"
     print(f"[study] {name}: {results_mod.format_counts(counts)}; results in {results_at}", file=out, flush=True)
-    if interrupted:
-        print(f"[study] interrupted: run the same command again to resume {name}", file=out, flush=True)
+    unfinished = sum(counts.get(s, 0) for s in ("RUNNING", "PAUSED", "PENDING"))
+    if interrupted or unfinished:  # Tune stops gracefully on Ctrl-C and returns what it has
+        print(f"[study] interrupted with {unfinished} trial(s) unfinished: run the same command again to resume", file=out, flush=True)
         raise KeyboardInterrupt
     return RunOutcome(study_dir, counts, report_path)
 

@@ -2,8 +2,9 @@
 
 Every node is one `ray start --block` process started in its own process group, so
 killing a node is `killpg(SIGKILL)` (what a reclaimed spot instance looks like to
-Ray) and clean-up kills exactly the groups this harness started: never `ray stop`,
-which stops every Ray on the machine. Each cluster has a private temp dir (through
+Ray) and clean-up kills exactly the groups this harness started (plus any process
+carrying this cluster's private RAY_TMPDIR): never `ray stop`, which stops every Ray
+on the machine. Each cluster has a private temp dir (through
 RAY_TMPDIR, so not even /tmp/ray/ray_current_cluster is shared), picks free ports,
 binds its dashboard to 127.0.0.1, and runs with token authentication explicitly off.
 
@@ -37,7 +38,7 @@ FAKE_MULTINODE_YAML = Path(__file__).with_name("fake_multinode.yaml")
 
 # Seconds to wait for a node to start / join / be declared dead before failing the test.
 START_TIMEOUT_S = 90.0
-# Seconds a node's process group gets after SIGTERM before SIGKILL at clean-up.
+# Seconds to wait for a killed node's `ray start` process to be reaped.
 STOP_GRACE_S = 10.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # per node; Ray's minimum is ~75 MiB
 
@@ -155,9 +156,14 @@ class LocalRayCluster:
             raise NotImplementedError("worker nodes are tracked through the GCS, which needs the token: auth off")
 
         def spawn(name: str) -> Node:
+            node_temp = self.temp_dir / name
+            node_temp.mkdir()
             args = [
                 f"--address={self.address}",
                 f"--node-name={name}",  # how we find its node id in the GCS
+                # Own temp dir: nodes started at once in one dir race for the same socket
+                # and log names (raylet.1, ...) and one raylet dies with "Address already in use".
+                f"--temp-dir={node_temp}",
                 f"--num-cpus={num_cpus}",
                 f"--num-gpus={num_gpus}",
                 f"--object-store-memory={OBJECT_STORE_BYTES}",
@@ -173,8 +179,8 @@ class LocalRayCluster:
             try:
                 node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
             except RuntimeError:
-                # `ray start` gives a raylet 30 s (hard-coded) to register; on a loaded
-                # machine that can fail once. Retry that node once, then give up.
+                # `ray start` gives a raylet 30 s (hard-coded) to register, which a loaded
+                # machine can miss. Retry that node once, then give up.
                 _kill_group(node, signal.SIGKILL)
                 node = new[k] = spawn(f"{node.name}-retry")
                 node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
@@ -213,16 +219,18 @@ class LocalRayCluster:
 
     # --- clean-up -------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop every node this object started (and nothing else); remove temp_dir."""
+        """Kill every process this cluster started (and nothing else); remove temp_dir."""
         _disconnect_driver_from(self.address)
+        # SIGKILL, not SIGTERM: `ray start --block` sometimes hangs in its SIGTERM handler
+        # (seen on worker nodes whose GCS went away), and the cluster keeps no state worth
+        # a graceful stop: the GCS is in memory and temp_dir is removed below.
         for node in self._all:
-            _kill_group(node, signal.SIGTERM)
-        for node in self._all:
-            try:
-                node.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(node, signal.SIGKILL)  # stragglers of the group (trial workers, fake nodes)
+            _kill_group(node, signal.SIGKILL)
+        # Anything that left its node's process group but still carries this cluster's
+        # private RAY_TMPDIR was started by this cluster (or by a driver given self.env).
+        for pid in _pids_with_env("RAY_TMPDIR", str(self.temp_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -266,6 +274,21 @@ def _tail(path: Path, n: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+def _pids_with_env(name: str, value: str) -> list[int]:
+    """Processes (other than this one) whose environment has name=value, via /proc."""
+    needle = f"{name}={value}".encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return pids
 
 
 def _kill_group(node: Node, sig: signal.Signals) -> None:

@@ -1,4 +1,5 @@
-"""A study killed mid-run (kill -9 of `study run`, as on machine loss) resumes when run again."""
+"""A study interrupted mid-run (kill -9 of `study run` and its local Ray, as on machine loss; or
+Ctrl-C) resumes when run again: every trial exactly once, checkpointed trials not restarted."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_killed_study_resumes_every_trial_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["kill-9", "ctrl-c"])
+def test_interrupted_study_resumes_every_trial_exactly_once(tmp_path: Path, how: str) -> None:
     spec = write_spec(
         tmp_path / "resume.yaml",
         name="resume",
@@ -63,6 +65,11 @@ def test_killed_study_resumes_every_trial_exactly_once(tmp_path: Path) -> None:
             time.sleep(0.2)
         else:
             pytest.fail("study did not reach epoch 2 in time")
+        if how == "ctrl-c":  # Ctrl-C: the driver stops gracefully, says how to resume, exits 130
+            os.kill(proc.pid, signal.SIGINT)
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 130, out.decode()[-3000:]
+            assert "run the same command again to resume" in out.decode()
     finally:
         kill_group(proc)
     assert sum(len(e) == EPOCHS for e in at_kill.values()) < 4, "killed too late: the study had finished"
