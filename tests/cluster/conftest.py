@@ -1,12 +1,12 @@
 """Multi-node Ray clusters on one machine, for fault tests (see NOTES.md).
 
-Every node is one `ray start --block` process started in its own process group, so
-killing a node is `killpg(SIGKILL)` (what a reclaimed spot instance looks like to
-Ray) and clean-up kills exactly the groups this harness started (plus any process
-carrying this cluster's private RAY_TMPDIR): never `ray stop`, which stops every Ray
-on the machine. Each cluster has a private temp dir (through
-RAY_TMPDIR, so not even /tmp/ray/ray_current_cluster is shared), picks free ports,
-binds its dashboard to 127.0.0.1, and runs with token authentication explicitly off.
+Every node is one `ray start --block` process in its own process group, so killing a
+node is `killpg(SIGKILL)` (what a reclaimed spot instance looks like to Ray), and
+clean-up kills exactly the groups this harness started, plus any process carrying this
+cluster's private RAY_TMPDIR: never `ray stop`, which stops every Ray on the machine.
+Each cluster has its own temp dir (via RAY_TMPDIR, so not even
+/tmp/ray/ray_current_cluster is shared), picks free ports, binds its dashboard to
+127.0.0.1, and sets RAY_AUTH_MODE explicitly (off unless auth_token is given).
 
 Fixtures:
     multinode_cluster: head (0 CPUs, like cluster.yaml) + 2 workers with 1 CPU each.
@@ -292,15 +292,20 @@ def _pids_with_env(name: str, value: str) -> list[int]:
 
 
 def _kill_group(node: Node, sig: signal.Signals) -> None:
-    try:
+    """Send sig to the node's process group; for SIGKILL, wait (bounded) until it is empty."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(node.pgid, sig)
-    except ProcessLookupError:
-        pass
-    if sig == signal.SIGKILL:
+    if sig != signal.SIGKILL:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        node.proc.wait(STOP_GRACE_S)  # reap our direct child
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:  # its children are reaped by init
         try:
-            node.proc.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
+            os.killpg(node.pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def _disconnect_driver_from(address: str) -> None:
