@@ -272,7 +272,15 @@ def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
     ]
     if compact:
         columns = [c for c in columns if c[0] in ("Result", "Paper", "Reproduced mean", "95% CI", "Paper in CI")]
-    return table_html(paper.to_dict("records"), columns)
+    matched = paper["n"].fillna(0) > 0
+    html = table_html(paper[matched].to_dict("records"), columns) if matched.any() else ""
+    if not matched.all():  # numbers of configurations this study did not run: out of the way, not hidden
+        rest = table_html(paper[~matched].to_dict("records"), columns)
+        html += (
+            f"<details><summary>{int((~matched).sum())} paper number(s) with no finished trial "
+            f"in this study</summary>{rest}</details>"
+        )
+    return html
 
 
 def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str], *, compact: bool = False) -> str:

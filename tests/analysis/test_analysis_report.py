@@ -222,3 +222,17 @@ def test_number_formats():
         "3 h 05 min",
     )
     assert (fmt_p(0.0123), fmt_p(1e-7), fmt_p(None)) == ("0.012", "< 1e-4", "—")
+
+
+def test_paper_rows_without_trials_are_folded_away() -> None:
+    import pandas as pd
+
+    from analysis.html import paper_html
+
+    base = {"where": "arch=a", "metric": "test_acc", "paper_value": 0.9, "paper_std": None, "std": 0.01,
+            "ci_lo": 0.8, "ci_hi": 0.95, "diff": -0.02, "in_ci": True, "note": ""}  # fmt: skip
+    paper = pd.DataFrame([{**base, "label": "ran", "n": 3, "mean": 0.88},
+                          {**base, "label": "not run", "n": 0, "mean": None, "in_ci": None}])  # fmt: skip
+    html = paper_html(paper)
+    assert html.index("ran") < html.index("<details>") < html.index("not run")
+    assert "1 paper number(s) with no finished trial" in html
