@@ -248,6 +248,15 @@ def _fmt_duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _first_line(error_file: str | None) -> str:
+    """The exception line of a trial's error file (Tune writes the traceback there)."""
+    try:
+        lines = [ln.strip() for ln in Path(error_file).read_text().splitlines() if ln.strip()] if error_file else []
+    except OSError:
+        lines = []
+    return lines[-1][:200] if lines else "see its error.txt"
+
+
 def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
     """A `ray.tune.Callback` printing one progress line per finished trial and every `every_s` seconds."""
     from ray.tune import Callback
@@ -295,7 +304,17 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             self._print(trials)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(
+                f"[study] trial {trial.trial_id} failed for good: {_first_line(trial.error_file)}",
+                file=self.out,
+                flush=True,
+            )
             self._print(trials)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            n = trial.run_metadata.num_failures
+            print(f"[study] trial {trial.trial_id} failed ({_first_line(trial.error_file)}); "
+                  f"retry {n} of {self.spec.max_failures}, from its last checkpoint", file=self.out, flush=True)  # fmt: skip
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self._print(trials)
@@ -320,7 +339,9 @@ def make_prune_callback():
             fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             try:
                 infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-                ckpts = sorted(i.path for i in infos if i.base_name.startswith("checkpoint_") and i.type.name == "Directory")
+                ckpts = sorted(
+                    i.path for i in infos if i.base_name.startswith("checkpoint_") and i.type.name == "Directory"
+                )
                 for old in ckpts[:-1]:
                     fs.delete_dir(old)
             except OSError:  # pruning only saves space: never fail a study over it

@@ -241,6 +241,8 @@ def run_study(
     from trainables import get_family
 
     out = out or sys.stdout
+    if address is not None:
+        check_reachable(address)  # seconds, before the spec's imports
     spec = prepare_spec(spec_path, overrides or [], smoke)
     name = name or spec.name
     store = Store.open(storage, create=True)
@@ -264,6 +266,9 @@ def run_study(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     # a trial that diverges in its first epoch reports no metric yet (it is recorded as DIVERGED)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # trial failures are reported by our progress lines (one line each) and kept in trials.parquet;
+    # Tune's own log would print a traceback per failed attempt
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     progress = results_mod.make_progress_callback(spec, out=out)
     tuner = build_tuner(spec, store, name, data, progress)
     interrupted = False

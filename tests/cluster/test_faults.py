@@ -10,22 +10,24 @@ Which node ran a trial: result.json rows carry `node_ip`, the same for every nod
 `pid`; the GCS actor table (read with a GcsClient, no `ray.init`) gives the pid and node id of
 every trial actor, dead ones included. The product reports nothing extra.
 
-Measured here (2 cores shared with another study, load average 4-23; `--durations`, seconds):
-- cluster start (head + 2 workers) 11-17, shut-down 2-10; fake_multinode head 8-11.
-- spread: 4 trials x 3 epochs, 20-25 (+ `study status`): trials ran on both workers, none on
+Measured here (2 cores shared with another study, load average 4-23; seconds, `--durations`):
+- cluster start (head + 2 workers) 12-17, shut-down 2-10; fake_multinode head 7-11.
+- spread, 4 trials x 3 epochs: 19-25 (with `study status`); trials ran on both workers, none on
   the head; `study status` prints "spread: 4 terminated".
 - fixed cluster, `--set resources.gpu=1`: exit 2 with one line after 5-7.
-- driver kill -9 (4 trials x 10 epochs): 52-62 in all, rerun 34-40. Trials at epochs
-  [1..5]/[1, 2] (result.json) when killed resumed at epochs 5/3, or [1..4]/[1] at 5/2: at most
-  one epoch redone (the state snapshot lags the last result, TUNE_GLOBAL_CHECKPOINT_S=1), none from 1.
-- worker kill (4 trials x 10 epochs): 34-60; the killed node's trial (seen at epoch 2 in
-  result.json, but ~2 s ahead of it, up to epoch 7 when 1 s/epoch) had num_failures 1 and
-  continued on the other worker at its last checkpoint + 1 (epoch 3; epoch 8 once when
-  the epochs were 0.4 s), the other 3 trials num_failures 0; done 19-35 after the kill.
-- unreachable `--address 127.0.0.1:1`: exit 2 with one line after 5-7 (imports: torch, plotly).
-- autoscaling cluster, gpu 1: "waiting for the autoscaler" after 5-6, the fake GPU node
-  added and the 1-trial study done after 17-20.
-Whole file: 3 min 17 s at load average 7-23.
+- driver kill -9, 4 trials x 10 epochs: 46-62 in all, the rerun 29-40. Trials at epochs
+  [1..4]/[1..3] in result.json when killed resumed at 5/4; [1..5]/[1..3] at 6/4; [1..4]/[1] at 5/2;
+  once [1..5]/[1, 2] at 5/3 (epoch 5 done twice: the state snapshot, every 1 s here, lagged the
+  last result; epochs.parquet keeps it once). No trial with a checkpoint restarted from epoch 1.
+- worker kill, 4 trials x 10 epochs: 38-60. The killed node's trial had num_failures 1 (the other
+  3: 0) and continued on the surviving worker from its last checkpoint: seen at epoch 2 or 3 in
+  result.json (which the driver writes 2-4 epochs behind the trial), first epoch after the
+  restore 5 and 7, epoch 1 reported once; all done 18-35 after the kill.
+- unreachable `--address 127.0.0.1:1`: exit 2 with one line after 5-7 (most of it importing
+  torch and plotly).
+- autoscaling cluster, gpu 1: "waiting for the autoscaler" after 4-6; the autoscaler added the
+  fake GPU node and the 1-trial study finished after 17-20.
+Whole file: 3 min 0 s (twice, load 4-6), 3 min 17 s at load up to 23.
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ def test_worker_killed_mid_study_retries_its_trials_from_checkpoints(multinode_c
     last_before, first_after = rows[name][restarts[0] - 1]["epoch"], rows[name][restarts[0]]["epoch"]
     assert 1 < first_after <= last_before + 1, epochs  # no epoch skipped, none redone from 0
     assert nodes[rows[name][restarts[0]]["pid"]] != dead
-    print(f"\n[node kill] victim {name} epochs at kill {at_kill[name]}, after {epochs}; "
+    print(f"\n[node kill] victim {name} epochs at kill {at_kill[name]}, resumed at {first_after}, after {epochs}; "
           f"num_failures {failures}; finished {after_kill_s:.0f} s after the kill")  # fmt: skip
 
 
