@@ -285,6 +285,10 @@ def test_worker_killed_mid_study_retries_its_trials_from_checkpoints(multinode_c
             continue
         assert failures[rs[-1]["trial_id"]] == 0, (n, failures)
 
+    # the driver said so in one line per failed attempt, no traceback
+    assert "from its last checkpoint" in out and "retry 1 of 3" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
     # the killed trial continued from its last checkpoint, on the surviving worker
     epochs = epochs_of(rows[name])
     assert epochs.count(1) == 1, epochs
