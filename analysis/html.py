@@ -199,8 +199,13 @@ def state_banner(counts: Mapping[str, int], *, link: bool = True) -> str:
             + ('they are listed under <a href="#failures">Failed and diverged trials</a> and ' if link else "")
             + "left out of means.</div>"
         )
-    if not parts:
-        parts.append(f'<div class="banner ok"><b>Complete</b>: all {total} trials finished.</div>')
+    if counts.get("STOPPED", 0):
+        parts.append(
+            f'<div class="banner warn"><b>{counts["STOPPED"]} trial(s) stopped early</b> by the scheduler '
+            "(ASHA): left out of means, shown in the parallel-coordinates plot.</div>"
+        )
+    if not running and not failed:
+        parts.insert(0, f'<div class="banner ok"><b>Complete</b>: all {total} trials finished.</div>')
     return "".join(parts)
 
 

@@ -31,7 +31,8 @@ RESERVED_COLUMNS = (
     "error",
     "config_id",
 )
-STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
+# STOPPED: ended early by the scheduler (ASHA) before its last epoch; like DIVERGED, left out of means
+STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
 UNFINISHED = ("RUNNING", "PAUSED", "PENDING")  # still to report: counted as running
 FINISHED = "TERMINATED"
 

@@ -20,7 +20,8 @@ DEFAULT_STORAGE = os.environ.get("STUDY_STORAGE", "studies")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default prints usage; keep it to one line + exit 2
-        self.exit(2, f"study: error: {message} (see study {self.prog.split()[-1]} --help)\n")
+        hint = "study --help" if self.prog == "study" else f"{self.prog} --help"
+        self.exit(2, f"study: error: {message} (see {hint})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +157,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from analysis.report import write_comparison
 
     dirs = [study_dir(a.storage, n) for n in a.names]
+    if a.out is None and "://" in a.storage:
+        raise UserError(f"--storage {a.storage}: with shared storage give --out FILE for the comparison page")
     out = Path(a.out) if a.out else Path(a.storage).expanduser() / f"compare-{'-'.join(a.names)}.html"
     print(f"comparison: {write_comparison(dirs, out)}")
     return 0

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from analysis.load import STATUSES, default_mode
 from analysis.report import write_parquet
 from study.spec import Spec
 
@@ -28,11 +29,6 @@ RAY_KEYS = {
     "experiment_tag", "error", "time_total_s",
 }  # fmt: skip
 NOT_METRICS = {"epoch", "params", "diverged", "lr"}
-STATUSES = ("TERMINATED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
-
-
-def lower_is_better(metric: str) -> bool:
-    return "loss" in metric or "error" in metric
 
 
 def _latest_state(study_dir: Path) -> dict | None:
@@ -58,14 +54,18 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _error_message(trial_dir: Path, meta: dict) -> str | None:
-    name = meta.get("error_filename")
-    path = trial_dir / name if name else trial_dir / "error.txt"
-    if not path.exists():
+def error_line(path: str | Path | None, limit: int = 500) -> str | None:
+    """The exception line of a trial's error file (Tune writes the whole traceback there)."""
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
         return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    # the last line of a Python traceback is the exception itself
-    return lines[-1][:500] if lines else "error"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else None  # a traceback ends with the exception itself
+
+
+def _error_message(trial_dir: Path, meta: dict) -> str | None:
+    return error_line(trial_dir / (meta.get("error_filename") or "error.txt"))
 
 
 def _trials_from_state(study_dir: Path) -> list[dict]:
@@ -85,30 +85,18 @@ def _trials_from_state(study_dir: Path) -> list[dict]:
                     "meta": meta or {},
                 }
             )
-    known = {t["logdir"] for t in out}
-    # trial dirs written after the last state snapshot (e.g. the driver was killed)
-    for params in sorted(study_dir.glob("*/params.json")):
-        d = params.parent
-        if d.name in known:
-            continue
-        rows = _read_jsonl(d / "result.json")
-        tid = rows[-1]["trial_id"] if rows else d.name.removeprefix("trial_")
-        out.append(
-            {
-                "trial_id": tid,
-                "status": "PENDING",
-                "config": json.loads(params.read_text()),
-                "logdir": d.name,
-                "meta": {},
-            }
-        )
+    # Trial dirs missing from the state were started after its last snapshot by a driver that was then
+    # killed; the resumed run starts those trials again under new ids, so they are not counted here.
     return out
 
 
 def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) tables of a study directory; see the module docstring."""
     study_dir = Path(study_dir)
+    from trainables import get_family
+
     hp_cols = hyperparameter_columns(spec)
+    epochs_default = get_family(spec.trainable).all_defaults["epochs"]
     trial_rows, epoch_rows = [], []
     for t in _trials_from_state(study_dir):
         trial_dir = study_dir / t["logdir"]
@@ -135,9 +123,11 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         last = epochs[-1] if epochs else {}
         status = t["status"]
         diverged = bool(last.get("diverged"))
+        config = t["config"]
         if status == "TERMINATED" and diverged:
             status = "DIVERGED"
-        config = t["config"]
+        elif status == "TERMINATED" and int(last.get("epoch", 0) or 0) < int(config.get("epochs", epochs_default)):
+            status = "STOPPED"  # ended early by the scheduler (ASHA)
         row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
         for c in hp_cols:
             row[c] = _cell(config.get(c))
@@ -147,7 +137,8 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         for m in metric_names:
             vals = [r[m] for r in epochs if _is_number(r.get(m)) and math.isfinite(r[m])]
             row[f"final_{m}"] = vals[-1] if vals else math.nan
-            best = min if lower_is_better(m) else max
+            mode = spec.mode if m == spec.metric else default_mode(m)
+            best = min if mode == "min" else max
             row[f"best_{m}"] = best(vals) if vals else math.nan
         row["params"] = last.get("params")
         row["epochs_done"] = int(last.get("epoch", 0)) if last else 0
@@ -248,15 +239,6 @@ def _fmt_duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _first_line(error_file: str | None) -> str:
-    """The exception line of a trial's error file (Tune writes the traceback there)."""
-    try:
-        lines = [ln.strip() for ln in Path(error_file).read_text().splitlines() if ln.strip()] if error_file else []
-    except OSError:
-        lines = []
-    return lines[-1][:200] if lines else "see its error.txt"
-
-
 def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
     """A `ray.tune.Callback` printing one progress line per finished trial and every `every_s` seconds."""
     from ray.tune import Callback
@@ -305,7 +287,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(
-                f"[study] trial {trial.trial_id} failed for good: {_first_line(trial.error_file)}",
+                f"[study] trial {trial.trial_id} failed for good: {error_line(trial.error_file, 200) or 'see its error.txt'}",
                 file=self.out,
                 flush=True,
             )
@@ -313,7 +295,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             n = trial.run_metadata.num_failures
-            print(f"[study] trial {trial.trial_id} failed ({_first_line(trial.error_file)}); "
+            print(f"[study] trial {trial.trial_id} failed ({error_line(trial.error_file, 200) or 'see its error.txt'}); "
                   f"retry {n} of {self.spec.max_failures}, from its last checkpoint", file=self.out, flush=True)  # fmt: skip
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:

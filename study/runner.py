@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any, TextIO
 from analysis.report import write_text
 from study import results as results_mod
 from study.errors import UserError
-from study.spec import Spec, load_spec, smoke_spec, spec_to_yaml, to_param_space
+from study.spec import NAME_PATTERN, Spec, check_configs, load_spec, smoke_spec, spec_to_yaml, to_param_space
 from study.storage import Store
 
 SPEC_FILE = "spec.yaml"
@@ -62,9 +63,11 @@ def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Sp
 def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> Path:
     """Save the resolved spec; refuse to resume a study under a different spec. Returns the local dir."""
     text = spec_to_yaml(spec)
+    from ray import tune
+
     existing = store.read_text(name, SPEC_FILE)
     local = store.local_dir(name)
-    if existing is not None:
+    if existing is not None and tune.Tuner.can_restore(store.study_path(name)):
         if existing != text:
             raise UserError(
                 f"{store.study_path(name)}: this study was started with a different spec; "
@@ -72,6 +75,7 @@ def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> P
             )
         return local
     local.mkdir(parents=True, exist_ok=True)
+    (local / SPEC_FILE).unlink(missing_ok=True)
     write_text(text, local / SPEC_FILE)
     write_text(str(Path(spec_path).resolve()) + "\n", local / SPEC_SOURCE_FILE)
     store.push(name, SPEC_FILE, SPEC_SOURCE_FILE)
@@ -88,7 +92,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address is None:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
         return
-    check_reachable(address)
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -163,6 +166,9 @@ def autoscaling_cluster() -> bool:
 def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
     from ray import tune
 
+    from trainables import get_family
+
+    family = get_family(spec.trainable)
     seeds = spec.seed_list
     use_repeater = spec.search.algorithm == "optuna" and len(seeds) > 1
     trainable = tune.with_resources(
@@ -186,17 +192,19 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
         if use_repeater:
             search_alg = Repeater(search_alg, repeat=len(seeds), set_index=True)
             num_samples *= len(seeds)
-    elif spec.search.algorithm == "random" and spec.search.seed is not None:
+    else:
         from ray.tune.search import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=spec.search.seed)
+        # constant_grid_search: a sampled config is reused across the grid (seeds are a grid axis),
+        # so every sampled configuration is repeated with every seed
+        search_alg = BasicVariantGenerator(constant_grid_search=True, random_state=spec.search.seed)
     scheduler = None
     if spec.scheduler.type == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(
             time_attr="epoch",
-            max_t=int(spec.base_config().get("epochs") or 10**6),
+            max_t=int({**family.all_defaults, **spec.base_config()}["epochs"]),
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
@@ -245,6 +253,8 @@ def run_study(
         check_reachable(address)  # seconds, before the spec's imports
     spec = prepare_spec(spec_path, overrides or [], smoke)
     name = name or spec.name
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name {name!r}: must match {NAME_PATTERN} (letters, digits, _ . -; no slashes)")
     store = Store.open(storage, create=True)
     family = get_family(spec.trainable)
 
@@ -256,10 +266,11 @@ def run_study(
     )
     init_ray(address)
     check_resources(spec)
-    record_spec(store, name, spec, spec_path)
     t0 = time.time()
     data = family.load_data(spec.data.source, spec.data.root)
     print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)
+    check_configs(spec, spec_path, data)  # sizes against this data, before any trial starts
+    record_spec(store, name, spec, spec_path)  # only now: a study that never started is not locked to its spec
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own tables off: our progress lines instead
     # snapshot the experiment state often (default: every >= 10 s), so a killed driver loses little
@@ -285,7 +296,13 @@ def run_study(
         report_path = write_report(study_dir, out)
     store.push(name, "results")
     results_at = f"{where}/results" if store.remote else study_dir / "results"
-    print(f"[study] {name}: {results_mod.format_counts(counts)}; results in {results_at}", file=out, flush=True)
+    print(f"[study] {name}: {results_mod.format_counts(counts)}", file=out, flush=True)
+    files = (
+        ["trials.parquet", "epochs.parquet", "summary.parquet", "report.html"]
+        if report
+        else ["trials.parquet", "epochs.parquet"]
+    )
+    print(f"[study] results in {results_at}/: {', '.join(files)}", file=out, flush=True)
     unfinished = sum(counts.get(s, 0) for s in ("RUNNING", "PAUSED", "PENDING"))
     if interrupted or unfinished:  # Tune stops gracefully on Ctrl-C and returns what it has
         print(

@@ -68,6 +68,7 @@ class RandInt(_Range):
         return self
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # study names: directory names, no slashes
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 Domain = Annotated[
     Annotated[Grid, Tag("grid")]
@@ -125,7 +126,7 @@ class Paper(_Strict):
 class Spec(_Strict):
     """A whole study. Field meanings are in the README's "Search-space YAML" section."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     trainable: str
     data: Data
@@ -159,9 +160,8 @@ class Spec(_Strict):
             raise ValueError("give either repeats or seeds, not both")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, but got {self.seeds}")
-        for key in ("seed",):
-            if key in self.space or key in self.fixed:
-                raise ValueError(f"{key} is set by repeats/seeds, not by space or fixed")
+        if "seed" in self.space or "seed" in self.fixed:
+            raise ValueError("seed is set by repeats/seeds, not by space or fixed")
         both = sorted(set(self.space) & (set(self.fixed) | set(self.data.config)))
         if both:
             raise ValueError(f"key(s) {', '.join(both)} both searched (space) and fixed; keep one")
@@ -268,7 +268,48 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
     except ValidationError as e:
         raise UserError(_format_error(str(path), e)) from None
     check_keys(spec, path)
+    check_configs(spec, path)
     return spec
+
+
+def example_configs(spec: Spec, limit: int = 1000) -> list[dict[str, Any]]:
+    """Configs covering the space for cheap checks: every grid point (up to `limit`), then each
+    choice value and each range end substituted into the first grid point."""
+    import itertools
+
+    base = spec.base_config()
+    grid = {k: d.grid for k, d in spec.space.items() if isinstance(d, Grid)}
+    points = [dict(zip(grid, combo)) for combo in itertools.islice(itertools.product(*grid.values()), limit)]
+    first = points[0] if points else {}
+    sampled: dict[str, list[Any]] = {}
+    for key, dom in spec.space.items():
+        if isinstance(dom, Choice):
+            sampled[key] = list(dom.choice)
+        elif isinstance(dom, Uniform | LogUniform):
+            sampled[key] = list(getattr(dom, "uniform", None) or dom.loguniform)
+        elif isinstance(dom, RandInt):
+            sampled[key] = [dom.randint[0], dom.randint[1] - 1]
+    defaults = {k: v[0] for k, v in sampled.items()}
+    configs = [{**base, **defaults, **p} for p in points] or [{**base, **defaults}]
+    for key, values in sampled.items():
+        configs += [{**base, **defaults, **first, key: v} for v in values[1:]]
+    return configs
+
+
+def check_configs(spec: Spec, path: str | Path, data: Any = None) -> None:
+    """Run the trainable's own `check` on `example_configs` (with `data`: also the data sizes)."""
+    from trainables import get_family
+    from trainables.common import resolve_config
+
+    family = get_family(spec.trainable)
+    if family.check is None:
+        return
+    for config in example_configs(spec):
+        try:
+            family.check(resolve_config(family, {**config, "seed": spec.seed_list[0]}), data)
+        except UserError as e:
+            shown = ", ".join(f"{k}={config[k]}" for k in spec.space if k in config)
+            raise UserError(f"{path}: {e}" + (f" (at {shown})" if shown else "")) from None
 
 
 def check_keys(spec: Spec, path: str | Path) -> None:
@@ -308,27 +349,26 @@ def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
     raw["data"]["source"] = "mnist-5k"
     raw["seeds"], raw["repeats"] = [spec.seed_list[0]], None
     raw["fixed"] = {**raw["fixed"], **{k: v for k, v in family_smoke.items() if k not in spec.space}, "epochs": 1}
+    searched_epochs = "epochs" in spec.space
     raw["data"] = {k: v for k, v in raw["data"].items() if k in ("source", "root") or k not in family_smoke}
     raw["name"] = f"{spec.name}-smoke"
     budget = 4
     space = {}
     for key, dom in spec.space.items():
+        if key == "epochs" and searched_epochs:  # one epoch, whatever the space says
+            continue
         if isinstance(dom, Grid):
             keep = max(1, min(len(dom.grid), budget))
             space[key] = {"grid": dom.grid[:keep]}
             budget = max(1, budget // keep)
         else:
-            space[key] = dom_dump(dom)
+            space[key] = dom.model_dump(mode="python")
     raw["space"] = space
     raw["search"] = {**raw["search"], "num_samples": min(spec.search.num_samples, 2 if not spec.grid_axes else 1)}
     if spec.search.algorithm == "optuna":
         raw["search"]["num_samples"] = 2
     raw["scheduler"] = {"type": "none"}
-    return Spec.model_validate(raw)
-
-
-def dom_dump(dom: Domain) -> dict[str, Any]:
-    return dom.model_dump(mode="python")
+    return parse_spec(raw, f"{spec.name} (--smoke)")
 
 
 def to_param_space(spec: Spec, *, with_seeds: bool = True) -> dict[str, Any]:

@@ -13,6 +13,8 @@ A study family (one module in ``trainables/``) provides a `Family`:
   metrics (at least ``train_loss``); calls `check_finite` on each loss so a diverging trial
   raises `Diverged`.
 - ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...).
+- ``check(config, data)`` (optional): cheap validation of one config, before any trial starts
+  (``data`` is None in ``study validate``); raises `UserError` naming the key and the rule.
 
 `run_trial` is the Ray Tune function trainable: it seeds, builds, resumes from
 ``tune.get_checkpoint()``, and every epoch reports metrics (plus ``epoch``, ``params``, ``lr``,
@@ -72,6 +74,7 @@ class Family:
     build: Callable[[dict], nn.Module]
     train_epoch: Callable[..., dict]
     evaluate: Callable[..., dict]
+    check: Callable[[dict, Any], Any] | None = None  # check(config, data or None): raise UserError early
     smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
     doc: str = ""
@@ -169,7 +172,8 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
             train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
             check_finite(torch.tensor(float(train_metrics["train_loss"])))
         except Diverged as e:
-            tune.report({**last_finite, "epoch": epoch, "params": params, "lr": lr, "diverged": 1, "error": str(e)})
+            # recorded at the last finished epoch, with its (finite) metrics
+            tune.report({**last_finite, "epoch": epoch - 1, "params": params, "lr": lr, "diverged": 1, "error": str(e)})
             return
         scheduler.step()
         model.eval()
@@ -179,7 +183,14 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
             tune.report(
-                {**last_finite, "epoch": epoch, "params": params, "lr": lr, "diverged": 1, "error": "non-finite metric"}
+                {
+                    **last_finite,
+                    "epoch": epoch - 1,
+                    "params": params,
+                    "lr": lr,
+                    "diverged": 1,
+                    "error": "non-finite metric",
+                }
             )
             return
         last_finite = metrics

@@ -271,14 +271,27 @@ def resolve_net(cfg: dict) -> str:
     return "Siamese" if sharing else "parallelConv"
 
 
-def build(cfg: dict) -> nn.Module:
-    """The net named by `cfg` (see `resolve_net`); forward maps (B, 2, 14, 14) to a dict with
-    ``logits`` (B, 2) and, for two-branch nets, ``digits`` (B, 2, 10)."""
+def check(cfg: dict, data: ImageSet | None = None) -> str:
+    """Validate a config cheaply (no model, no pairs); with `data`, also the pair counts. Returns the net."""
     net = resolve_net(cfg)
     if float(cfg["aux_weight"]) < 0:
         raise UserError(f"aux_weight >= 0 must hold, got aux_weight={cfg['aux_weight']}")
     if net in SINGLE_BRANCH and int(cfg["batch_size"]) < 2:
         raise UserError(f"batch_size >= 2 must hold for {net} (BatchNorm), got batch_size={cfg['batch_size']}")
+    if data is not None:
+        for key, n_images in (("n_train", len(data.train_y)), ("n_test", len(data.test_y))):
+            if not 1 <= int(cfg[key]) <= n_images // 2:
+                raise UserError(
+                    f"{key}: {cfg[key]} pairs need {2 * int(cfg[key])} distinct images but the {data.source} split "
+                    f"has {n_images}; 1 <= {key} <= {n_images // 2} must hold"
+                )
+    return net
+
+
+def build(cfg: dict) -> nn.Module:
+    """The net named by `cfg` (see `resolve_net`); forward maps (B, 2, 14, 14) to a dict with
+    ``logits`` (B, 2) and, for two-branch nets, ``digits`` (B, 2, 10)."""
+    net = check(cfg)
     if net == "FconnNet":
         return FconnNet()
     if net == "ConvNet":
@@ -372,6 +385,7 @@ FAMILY = Family(
     build=build,
     train_epoch=train_epoch,
     evaluate=evaluate,
+    check=check,
     smoke={"n_train": 200, "n_test": 200, "epochs": 1},
     variants=VARIANTS,
     doc="Digit-pair comparison (EE-559 project 1): FconnNet, ConvNet, parallelConv, Siamese; aux loss, weight sharing.",

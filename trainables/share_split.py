@@ -405,6 +405,14 @@ def _subset(config: dict, split: str, n_split: int, source: str) -> np.ndarray:
     return np.random.default_rng([int(config["data_seed"]), stream]).permutation(n_split)[:n]
 
 
+def check(config: dict, data: ImageSet | None = None) -> None:
+    """Validate a config cheaply (no model, no rendering); with `data`, also the image counts."""
+    _check(config)
+    if data is not None:
+        _subset(config, "train", len(data.train_y), data.source)
+        _subset(config, "test", len(data.test_y), data.source)
+
+
 def prepare(config: dict, data: ImageSet) -> TrialData:
     """Pick the train/test subsets and render the test set once (same in every trial for a data_seed)."""
     _check(config)
@@ -515,6 +523,7 @@ FAMILY = Family(
     build=build,
     train_epoch=train_epoch,
     evaluate=evaluate,
+    check=check,
     smoke={"train_images": 128, "copies": 1, "test_images": 128, "epochs": 1, "lr_milestones": []},
     variants={
         "share_cls": {"head": "share", "features": 40, "task": "cls"},

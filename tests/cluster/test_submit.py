@@ -180,16 +180,19 @@ def _client(head, **env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.cluster
 def test_token_cluster_refuses_a_client_without_token_mode(token_head) -> None:
     result = _client(token_head, RAY_AUTH_MODE="disabled")
     assert result["error"].startswith(f"--address {token_head.dashboard_url}: the cluster requires its auth token")
 
 
+@pytest.mark.cluster
 def test_token_cluster_rejects_a_wrong_token(token_head) -> None:
     result = _client(token_head, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     assert result["error"].startswith(f"--address {token_head.dashboard_url}: the cluster rejected the auth token")
 
 
+@pytest.mark.cluster
 def test_job_runs_with_the_right_token(token_head) -> None:
     result = _client(token_head, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token_head.auth_token)
     assert result["job"].startswith("raysubmit_")

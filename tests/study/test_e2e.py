@@ -87,7 +87,10 @@ def test_diverging_trial_is_recorded_and_study_goes_on(ray_local, tmp_path: Path
     assert trials.loc[1.0e12, "status"] == "DIVERGED"
     assert "non-finite" in trials.loc[1.0e12, "error"]
     assert trials.loc[0.01, "status"] == "TERMINATED" and trials.loc[0.01, "epochs_done"] == 3
-    assert trials.loc[1.0e12, "epochs_done"] < 3
+    assert trials.loc[1.0e12, "epochs_done"] == 0  # diverged in its first epoch: no epoch finished
+    epochs = pd.read_parquet(tmp_path / "div" / "results" / "epochs.parquet")
+    diverged_id = trials.loc[1.0e12, "trial_id"]
+    assert epochs.loc[epochs["trial_id"] == diverged_id, "diverged"].tolist() == [1]
 
 
 def test_smoke_form_of_every_shipped_space(ray_local, tmp_path: Path) -> None:
@@ -135,9 +138,37 @@ def test_optuna_search_with_repeats_and_asha(ray_local, tmp_path: Path) -> None:
     )
     outcome = run_study(spec, storage=tmp_path, report=False)
     trials = pd.read_parquet(outcome.study_dir / "results" / "trials.parquet")
-    assert len(trials) == 6 and set(trials["status"]) == {"TERMINATED"}
+    assert len(trials) == 6 and set(trials["status"]) <= {"TERMINATED", "STOPPED"}
+    stopped = trials[trials["status"] == "STOPPED"]
+    assert (stopped["epochs_done"] < 2).all()  # ASHA stopped them early; left out of means
     assert sorted(trials["seed"]) == [0, 0, 0, 1, 1, 1]
     groups = trials.groupby(["lr", "batch_size"])["seed"].apply(sorted)
     assert len(groups) == 3 and all(g == [0, 1] for g in groups)  # 3 configs x 2 seeds
     assert trials["lr"].between(0.001, 0.1).all() and set(trials["batch_size"]) <= {25, 50}
     assert "__trial_index__" not in trials.columns
+
+
+def test_random_search_repeats_each_sampled_config_per_seed(ray_local, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "random.yaml",
+        name="random",
+        fixed={"epochs": 1, "arch": "ConvNet", "batch_size": 50},
+        space={"lr": {"loguniform": [0.001, 0.1]}},
+        repeats=2,
+        search={"algorithm": "random", "num_samples": 2, "seed": 3},
+    )
+    outcome = run_study(spec, storage=tmp_path, report=False)
+    trials = pd.read_parquet(outcome.study_dir / "results" / "trials.parquet")
+    assert len(trials) == 4
+    by_lr = trials.groupby("lr")["seed"].apply(sorted)
+    assert len(by_lr) == 2 and all(s == [0, 1] for s in by_lr)
+
+
+def test_failed_start_does_not_lock_the_study(ray_local, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "big.yaml", name="big", repeats=1, fixed={"epochs": 1})
+    with pytest.raises(UserError, match="n_train: 5000 pairs need 10000 distinct images"):
+        run_study(spec, storage=tmp_path, overrides=["data.n_train=5000"], report=False)
+    assert not (tmp_path / "big" / "spec.yaml").exists()
+    assert run_study(spec, storage=tmp_path, report=False).counts == {"TERMINATED": 2}
+    with pytest.raises(UserError, match="--name 'a/b': must match"):
+        run_study(spec, storage=tmp_path, name="a/b", report=False)

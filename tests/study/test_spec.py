@@ -174,3 +174,38 @@ def test_missing_file() -> None:
 def test_bad_overrides(override: str, expected: str) -> None:
     with pytest.raises(UserError, match=expected.replace("[", r"\[").replace(".", r"\.")):
         apply_overrides({"name": "x"}, [override])
+
+
+@pytest.mark.parametrize(
+    "changes,expected",
+    [
+        ({"space__arch": {"grid": ["Foo"]}}, "s.yaml: arch: unknown net 'Foo'; known: FconnNet, ConvNet, parallelConv, Siamese"),
+        ({"space__arch": {"grid": ["ConvNet", "Foo"]}}, "s.yaml: arch: unknown net 'Foo'"),
+        ({"fixed__weight_sharing": True, "space__arch": {"grid": ["FconnNet"]}}, "s.yaml: weight_sharing=true needs a two-branch net"),
+    ],
+)  # fmt: skip
+def test_bad_values_fail_at_validation(tmp_path: Path, changes: dict, expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_spec(write(tmp_path, with_(**changes)))
+    assert str(info.value).replace(str(tmp_path) + "/", "").startswith(expected), str(info.value)
+
+
+def test_share_split_value_and_size_checks(tmp_path: Path) -> None:
+    from study.spec import check_configs
+    from trainables.data import load_mnist
+
+    raw = {"name": "s", "trainable": "share_split", "data": {"source": "mnist-5k"},
+           "space": {"head": {"grid": ["share", "split"]}, "features": {"grid": [40, 42]}}}  # fmt: skip
+    with pytest.raises(UserError, match=r"features must be a multiple of 5 for head=split.*at features=42, head=split"):
+        load_spec(write(tmp_path, raw))
+    raw["space"] = {"train_images": {"grid": [250, 3000]}}
+    spec = load_spec(write(tmp_path, raw))  # sizes need the data: fine without it
+    with pytest.raises(
+        UserError, match=r"train_images must be at most the train split size of mnist-5k \(2500\), got 3000"
+    ):
+        check_configs(spec, "s.yaml", load_mnist("mnist-5k"))
+
+
+def test_smoke_with_searched_epochs(tmp_path: Path) -> None:
+    spec = smoke_spec(load_spec(write(tmp_path, with_(fixed={}, space={"epochs": {"grid": [5, 10]}}))), {"epochs": 1})
+    assert spec.fixed["epochs"] == 1 and "epochs" not in spec.space
