@@ -310,23 +310,61 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
     return ProgressCallback(spec, out)
 
 
-def make_prune_callback():
-    """A `ray.tune.Callback` that deletes all but the last checkpoint of a trial once it ends."""
+def prune_checkpoints(fs: Any, exp_path: str, skip: set[str] | None = None) -> set[str]:
+    """Delete all but the last checkpoint of every trial that the SAVED experiment state records as
+    finished (so no resume can still need them). Returns the ids of the trials now pruned."""
+    import pyarrow.fs
+
+    done: set[str] = set()
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(exp_path, allow_not_found=True))
+    states = sorted(
+        i.path for i in infos if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")
+    )
+    if not states:
+        return done
+    with fs.open_input_stream(states[-1]) as f:
+        state = json.loads(f.read())
+    for trial_json, _ in state.get("trial_data", []):
+        t = json.loads(trial_json)
+        if t.get("status") not in ("TERMINATED", "ERROR") or t["trial_id"] in (skip or ()):
+            continue
+        trial_dir = f"{exp_path}/{t.get('relative_logdir') or 'trial_' + t['trial_id']}"
+        found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
+        ckpts = sorted(
+            i.path for i in found if i.base_name.startswith("checkpoint_") and i.type == pyarrow.fs.FileType.Directory
+        )
+        for old in ckpts[:-1]:
+            fs.delete_dir(old)
+        done.add(t["trial_id"])
+    return done
+
+
+def make_prune_callback(every_s: float = 30.0):
+    """A `ray.tune.Callback` that keeps disk use bounded: every `every_s` seconds and at the end it
+    prunes finished trials' checkpoints with `prune_checkpoints`. Checkpoints are never deleted while
+    the saved state may still point at them (Tune's own num_to_keep can, which breaks a resume)."""
     from ray.tune import Callback
 
     class PruneCheckpoints(Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            import pyarrow.fs
+        def __init__(self) -> None:
+            self.pruned: set[str] = set()
+            self.last = 0.0
 
-            fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if trials and time.time() - self.last >= every_s:
+                self.last = time.time()
+                self._prune(trials[0])
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            if trials:
+                self._prune(trials[0])
+
+        def _prune(self, trial: Any) -> None:
             try:
-                infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-                ckpts = sorted(
-                    i.path for i in infos if i.base_name.startswith("checkpoint_") and i.type.name == "Directory"
+                self.pruned |= prune_checkpoints(
+                    trial.storage.storage_filesystem, trial.storage.experiment_fs_path, self.pruned
                 )
-                for old in ckpts[:-1]:
-                    fs.delete_dir(old)
-            except OSError:  # pruning only saves space: never fail a study over it
+            except (OSError, ValueError, KeyError):  # pruning only saves space: never fail a study over it
                 pass
 
     return PruneCheckpoints()

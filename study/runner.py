@@ -225,8 +225,8 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
             name=name,
             storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            # every epoch's checkpoint is kept while a trial runs (so the experiment state never points
-            # at a deleted one after a crash); PruneCheckpoints keeps only the last once a trial ends
+            # every epoch's checkpoint is kept while a trial runs (so the saved state never points at a
+            # deleted one after a crash); finished trials keep only their last (PruneCheckpoints)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
             callbacks=[progress, results_mod.make_prune_callback()],
@@ -287,6 +287,7 @@ def run_study(
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    prune_finished(store, name)  # the final state is saved now: finished trials keep their last checkpoint
     study_dir = store.pull(name)
     trials, epochs = results_mod.collect(study_dir, spec)
     results_mod.write_results(study_dir, spec, trials, epochs)
@@ -312,6 +313,19 @@ def run_study(
         )
         raise KeyboardInterrupt
     return RunOutcome(study_dir, counts, report_path)
+
+
+def prune_finished(store: Store, name: str) -> None:
+    import pyarrow.fs
+
+    if store.remote:
+        fs, path = pyarrow.fs.FileSystem.from_uri(store.study_path(name))
+    else:
+        fs, path = pyarrow.fs.LocalFileSystem(), store.study_path(name)
+    try:
+        results_mod.prune_checkpoints(fs, path)
+    except (OSError, ValueError, KeyError):
+        pass
 
 
 def write_report(study_dir: Path, out: TextIO | None = None) -> Path | None:

@@ -44,6 +44,9 @@ def test_tiny_study_writes_both_tables(ray_local, tmp_path: Path) -> None:
     last = epochs[epochs["epoch"] == 2].set_index("trial_id")["test_acc"]
     assert (trials.set_index("trial_id")["final_test_acc"] == last.loc[trials["trial_id"]].values).all()
 
+    for trial_dir in (tmp_path / "studies" / "tiny").glob("trial_*"):  # finished: only the last checkpoint kept
+        assert [c.name for c in trial_dir.glob("checkpoint_*")] == ["checkpoint_000001"], trial_dir
+
     meta = json.loads(pq.read_schema(results / "trials.parquet").metadata[b"study"])
     assert meta["metric"] == "test_acc" and meta["searched"] == ["arch", "lr"] and meta["trainable"] == "digit_pairs"
 
