@@ -277,9 +277,8 @@ def test_worker_killed_mid_study_retries_its_trials_from_checkpoints(multinode_c
     on_dead = {n for n, rs in rows.items() if any(nodes.get(r["pid"]) == dead for r in rs)}
     assert name in on_dead
     failures = dict(zip(trials["trial_id"], trials["num_failures"]))
-    for n in on_dead:
-        tid = rows[n][-1]["trial_id"]
-        assert failures[tid] >= 1, (n, failures)
+    # the victim was running there when the node died; another trial may have finished there before
+    assert failures[rows[name][-1]["trial_id"]] >= 1, (name, failures)
     for n, rs in rows.items():
         if n in on_dead:
             continue
