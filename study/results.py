@@ -340,9 +340,10 @@ def prune_checkpoints(fs: Any, exp_path: str, skip: set[str] | None = None) -> s
 
 
 def make_prune_callback(every_s: float = 30.0):
-    """A `ray.tune.Callback` that keeps disk use bounded: every `every_s` seconds and at the end it
-    prunes finished trials' checkpoints with `prune_checkpoints`. Checkpoints are never deleted while
-    the saved state may still point at them (Tune's own num_to_keep can, which breaks a resume)."""
+    """A `ray.tune.Callback` that keeps disk use bounded while a study runs: every `every_s` seconds it
+    prunes finished trials' checkpoints with `prune_checkpoints` (the runner does a last pass after
+    `fit`). Checkpoints are never deleted while the saved state may still point at them (Tune's own
+    num_to_keep can, which breaks a resume)."""
     from ray.tune import Callback
 
     class PruneCheckpoints(Callback):
@@ -353,10 +354,6 @@ def make_prune_callback(every_s: float = 30.0):
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             if trials and time.time() - self.last >= every_s:
                 self.last = time.time()
-                self._prune(trials[0])
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            if trials:
                 self._prune(trials[0])
 
         def _prune(self, trial: Any) -> None:

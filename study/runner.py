@@ -82,7 +82,7 @@ def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> P
     return local
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None) -> None:
     """Local Ray in-process by default; `address` ("auto", "host:port", "ray://...") joins a cluster."""
     import ray
 
@@ -90,7 +90,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
         return
     try:
         ray.init(address=address, **quiet)
@@ -316,15 +316,9 @@ def run_study(
 
 
 def prune_finished(store: Store, name: str) -> None:
-    import pyarrow.fs
-
-    if store.remote:
-        fs, path = pyarrow.fs.FileSystem.from_uri(store.study_path(name))
-    else:
-        fs, path = pyarrow.fs.LocalFileSystem(), store.study_path(name)
     try:
-        results_mod.prune_checkpoints(fs, path)
-    except (OSError, ValueError, KeyError):
+        results_mod.prune_checkpoints(*store.fs_path(name))
+    except (OSError, ValueError, KeyError):  # pruning only saves space: never fail a study over it
         pass
 
 

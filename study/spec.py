@@ -313,7 +313,7 @@ def check_configs(spec: Spec, path: str | Path, data: Any = None) -> None:
 
 
 def check_keys(spec: Spec, path: str | Path) -> None:
-    """Every config key must be known to the trainable; values checked where cheap."""
+    """Every config key must be known to the trainable (values: `check_configs`)."""
     from trainables import REGISTRY
 
     family = REGISTRY.get(spec.trainable)

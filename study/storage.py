@@ -70,6 +70,15 @@ class Store:
         except Exception as e:  # noqa: BLE001
             raise UserError(f"--storage {self.root}: not a storage URI pyarrow can open ({e})") from None
 
+    def fs_path(self, name: str):
+        """(pyarrow filesystem, path) of a study, local or remote."""
+        import pyarrow.fs
+
+        if not self.remote:
+            return pyarrow.fs.LocalFileSystem(), self.study_path(name)
+        fs, base = self._fs()
+        return fs, f"{base}/{name}"
+
     def study_path(self, name: str) -> str:
         """Path or URI of a study, as Ray Tune sees it."""
         return f"{self.root}/{name}"
