@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -42,3 +43,22 @@ def write_spec(path: Path, **overrides) -> Path:
 
 def study_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "study.cli", *args]
+
+
+def checkpoints_on_disk(trial_dir: Path) -> int:
+    """How many checkpoints a trial has written: the trial persists them itself, so unlike result.json
+    (written by the driver, 2-4 epochs behind) this is its real progress while it runs."""
+    return len(list(trial_dir.glob("checkpoint_*")))
+
+
+def saved_checkpoint_epochs(study_dir: Path) -> dict[str, int]:
+    """{trial dir name: epoch of its checkpoint} for every unfinished trial the newest saved experiment
+    state records with a checkpoint: what a resumed driver must continue from rather than redo."""
+    state = json.loads(sorted(study_dir.glob("experiment_state-*.json"))[-1].read_text())
+    out = {}
+    for trial_json, meta_json in state["trial_data"]:
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        last = meta.get("last_result") or {}
+        if trial.get("status") not in ("TERMINATED", "ERROR") and last.get("checkpoint_dir_name") and "epoch" in last:
+            out[trial.get("relative_logdir") or f"trial_{trial['trial_id']}"] = last["epoch"]
+    return out
