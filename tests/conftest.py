@@ -52,13 +52,20 @@ def checkpoints_on_disk(trial_dir: Path) -> int:
 
 
 def saved_checkpoint_epochs(study_dir: Path) -> dict[str, int]:
-    """{trial dir name: epoch of its checkpoint} for every unfinished trial the newest saved experiment
-    state records with a checkpoint: what a resumed driver must continue from rather than redo."""
+    """{trial dir name: epoch of its latest checkpoint} for every unfinished trial the newest saved
+    experiment state records with one: what a resumed driver must continue from rather than redo.
+    Read from the trial's pickled checkpoint manager, the one Tune restores from: `last_result` can be
+    an epoch ahead of it (a result is recorded before its checkpoint is registered)."""
+    import ray.cloudpickle
+
     state = json.loads(sorted(study_dir.glob("experiment_state-*.json"))[-1].read_text())
     out = {}
     for trial_json, meta_json in state["trial_data"]:
         trial, meta = json.loads(trial_json), json.loads(meta_json)
-        last = meta.get("last_result") or {}
-        if trial.get("status") not in ("TERMINATED", "ERROR") and last.get("checkpoint_dir_name") and "epoch" in last:
-            out[trial.get("relative_logdir") or f"trial_{trial['trial_id']}"] = last["epoch"]
+        if trial.get("status") in ("TERMINATED", "ERROR"):
+            continue
+        manager = ray.cloudpickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
+        latest = manager.latest_checkpoint_result
+        if latest is not None and latest.checkpoint is not None:
+            out[trial.get("relative_logdir") or f"trial_{trial['trial_id']}"] = latest.metrics["epoch"]
     return out
