@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -215,6 +216,29 @@ def _format_error(path: str, err: ValidationError) -> str:
     return f"{path}: {where}: {msg}{shown}{more}"
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers the YAML 1.2 way: `1e-3` and `5E4` are floats, not the
+    strings PyYAML 1.1 makes of them (which would be rejected later as "not a valid number")."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=VALUE` -> (["a", "b"], VALUE parsed as YAML)."""
     if "=" not in item:
@@ -223,7 +247,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise UserError(f"--set {item!r}: key path must be non-empty names joined by dots")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -250,7 +274,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such spec file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -297,16 +321,23 @@ def example_configs(spec: Spec, limit: int = 1000) -> list[dict[str, Any]]:
 
 
 def check_configs(spec: Spec, path: str | Path, data: Any = None) -> None:
-    """Run the trainable's own `check` on `example_configs` (with `data`: also the data sizes)."""
+    """Check `example_configs` before any trial: each value's type and rule (`resolve_config`), then
+    the trainable's own `check` (with `data`: also the data sizes). One-line `UserError`s naming the
+    section that sets the key (`fixed.lr: ...`)."""
     from trainables import get_family
-    from trainables.common import resolve_config
+    from trainables.common import ConfigError, resolve_config
 
     family = get_family(spec.trainable)
-    if family.check is None:
-        return
+    sections = {**{k: "data" for k in spec.data.config}, **{k: "fixed" for k in spec.fixed}}
     for config in example_configs(spec):
         try:
-            family.check(resolve_config(family, {**config, "seed": spec.seed_list[0]}), data)
+            cfg = resolve_config(family, {**config, "seed": spec.seed_list[0]})
+            if family.check is not None:
+                family.check(cfg, data)
+        except ConfigError as e:  # a rule of one value: name the key where the file sets it
+            key = e.key.split("[")[0]
+            where = f"{sections[key]}.{e.key}" if key in sections else f"space.{e.key}" if key in spec.space else e.key
+            raise UserError(f"{path}: {where}: {e.detail}") from None
         except UserError as e:
             shown = ", ".join(f"{k}={config[k]}" for k in spec.space if k in config)
             raise UserError(f"{path}: {e}" + (f" (at {shown})" if shown else "")) from None

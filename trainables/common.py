@@ -30,9 +30,12 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
+from pydantic import Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 from torch import nn
 
 from study.errors import UserError
@@ -51,6 +54,35 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "threads": 1,  # torch intra-op threads per trial (the runner sets it from resources.cpu)
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+# Types and rules of the common keys; every other key must have the type of its family default
+# (bool, int, float, str, list; null defaults are checked by the family's `check`). Strict: no
+# string is taken for a number, no 2.5 for an int, no "yes" for a bool.
+_PosInt = Annotated[StrictInt, Field(ge=1)]
+_Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int is fine; nan/inf are not
+COMMON_TYPES: dict[str, Any] = {
+    "seed": Annotated[StrictInt, Field(ge=0)],
+    "epochs": _PosInt,
+    "batch_size": _PosInt,
+    "optimizer": Literal[OPTIMIZERS],
+    "lr": Annotated[_Float, Field(gt=0)],
+    "momentum": Annotated[_Float, Field(ge=0, lt=1)],
+    "weight_decay": Annotated[_Float, Field(ge=0)],
+    "lr_milestones": list[_PosInt],
+    "lr_gamma": Annotated[_Float, Field(gt=0)],
+    "device": Annotated[StrictStr, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")],
+    "threads": _PosInt,
+}
+_TYPE_OF_DEFAULT = {bool: StrictBool, int: StrictInt, float: _Float, str: StrictStr, list: list}
+
+
+class ConfigError(UserError):
+    """A config value of the wrong type or out of range; `key` and `detail` let the spec checker say
+    which section of the file (fixed, space, data) the key came from."""
+
+    def __init__(self, family: str, key: str, detail: str) -> None:
+        self.key, self.detail = key, detail
+        super().__init__(f"trainable {family}: {key}: {detail}")
 
 
 class Diverged(Exception):
@@ -84,19 +116,35 @@ class Family:
         return {**COMMON_DEFAULTS, **self.defaults}
 
 
+@cache
+def _adapter(key: str, default_type: type) -> TypeAdapter | None:
+    """The validator of a key: its `COMMON_TYPES` entry, else the type of its default."""
+    kind = COMMON_TYPES.get(key, _TYPE_OF_DEFAULT.get(default_type))
+    return TypeAdapter(kind) if kind is not None else None
+
+
 def resolve_config(family: Family, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; unknown keys rejected with the list of known ones."""
+    """Defaults filled in; unknown keys rejected with the list of known ones; every value checked
+    against `COMMON_TYPES` or the type of its default (`ConfigError`, one line)."""
     known = family.all_defaults
     unknown = sorted(k for k in config if k not in known and not k.startswith("__"))
     if unknown:
         raise UserError(
             f"trainable {family.name}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    cfg = {**known, **{k: v for k, v in config.items() if not k.startswith("__")}}
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise UserError(
-            f"trainable {family.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}"
-        )
+    # numpy scalars (Tune's samplers return them) as plain Python values
+    given = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items() if not k.startswith("__")}
+    cfg = {**known, **given}
+    for key, value in cfg.items():
+        adapter = _adapter(key, type(known[key]))
+        if adapter is None:
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = "".join(f"[{i}]" for i in err["loc"])  # the item of a list, if any
+            raise ConfigError(family.name, key + where, f"{err['msg']} (got {value!r})") from None
     return cfg
 
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.errors import UserError
-from trainables.common import Family, check_finite, iterate_batches
+from trainables.common import ConfigError, Family, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
 
 DEFAULTS: dict[str, Any] = {
@@ -278,6 +278,9 @@ def check(cfg: dict, data: ImageSet | None = None) -> str:
         raise UserError(f"aux_weight >= 0 must hold, got aux_weight={cfg['aux_weight']}")
     if net in SINGLE_BRANCH and int(cfg["batch_size"]) < 2:
         raise UserError(f"batch_size >= 2 must hold for {net} (BatchNorm), got batch_size={cfg['batch_size']}")
+    for key in ("n_train", "n_test"):
+        if cfg[key] < 1:
+            raise ConfigError("digit_pairs", key, f"Input should be greater than or equal to 1 (got {cfg[key]!r})")
     if data is not None:
         for key, n_images in (("n_train", len(data.train_y)), ("n_test", len(data.test_y))):
             if not 1 <= int(cfg[key]) <= n_images // 2:

@@ -35,6 +35,8 @@ def test_validate_all_shipped_spaces(capsys) -> None:
         (["run", "search_spaces/quickstart.yaml", "--set", "data.source=cifar"],
          "study: error: search_spaces/quickstart.yaml: data.source: Input should be 'mnist' or 'mnist-5k' (got 'cifar')"),
         (["report", "nope", "--storage", "/nonexistent-dir"], "study: error: /nonexistent-dir/nope: no study named 'nope'"),
+        (["run", "search_spaces/quickstart.yaml", "--set", "fixed.lr=abc"],  # caught before any trial starts
+         "study: error: search_spaces/quickstart.yaml: fixed.lr: Input should be a valid number (got 'abc')"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, argv: list[str], expected: str) -> None:

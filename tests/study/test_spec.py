@@ -182,6 +182,17 @@ def test_bad_overrides(override: str, expected: str) -> None:
         ({"space__arch": {"grid": ["Foo"]}}, "s.yaml: arch: unknown net 'Foo'; known: FconnNet, ConvNet, parallelConv, Siamese"),
         ({"space__arch": {"grid": ["ConvNet", "Foo"]}}, "s.yaml: arch: unknown net 'Foo'"),
         ({"fixed__weight_sharing": True, "space__arch": {"grid": ["FconnNet"]}}, "s.yaml: weight_sharing=true needs a two-branch net"),
+        # types and rules of single values, named by the section that sets them
+        ({"fixed__lr": -1, "space__lr": ...}, "s.yaml: fixed.lr: Input should be greater than 0 (got -1)"),
+        ({"fixed__lr": "0.01", "space__lr": ...}, "s.yaml: fixed.lr: Input should be a valid number (got '0.01')"),
+        ({"fixed__epochs": 2.5}, "s.yaml: fixed.epochs: Input should be a valid integer (got 2.5)"),
+        ({"fixed__momentum": 1.0}, "s.yaml: fixed.momentum: Input should be less than 1 (got 1.0)"),
+        ({"fixed__lr_milestones": [3, 0]}, "s.yaml: fixed.lr_milestones[1]: Input should be greater than or equal to 1 (got [3, 0])"),
+        ({"fixed__optimizer": "lbfgs"}, "s.yaml: fixed.optimizer: Input should be 'sgd', 'adam' or 'adamw' (got 'lbfgs')"),
+        ({"fixed__device": "gpu"}, "s.yaml: fixed.device: String should match pattern"),
+        ({"space__aux_loss": {"grid": [True, "no"]}}, "s.yaml: space.aux_loss: Input should be a valid boolean (got 'no')"),
+        ({"space__batch_size": {"uniform": [10, 100]}}, "s.yaml: space.batch_size: Input should be a valid integer (got 10.0)"),
+        ({"data__n_train": 0}, "s.yaml: data.n_train: Input should be greater than or equal to 1 (got 0)"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_at_validation(tmp_path: Path, changes: dict, expected: str) -> None:
@@ -209,3 +220,15 @@ def test_share_split_value_and_size_checks(tmp_path: Path) -> None:
 def test_smoke_with_searched_epochs(tmp_path: Path) -> None:
     spec = smoke_spec(load_spec(write(tmp_path, with_(fixed={}, space={"epochs": {"grid": [5, 10]}}))), {"epochs": 1})
     assert spec.fixed["epochs"] == 1 and "epochs" not in spec.space
+
+
+def test_yaml_numbers_in_exponent_form_are_floats(tmp_path: Path) -> None:
+    """PyYAML alone reads `1e-3` as a string; specs (and --set) read it as YAML 1.2 does."""
+    text = (
+        "name: t\ntrainable: digit_pairs\ndata: {source: mnist-5k}\nfixed: {lr: 1e-3, weight_decay: 5E-4, epochs: 2}\n"
+    )
+    assert yaml.safe_load(text)["fixed"]["lr"] == "1e-3"  # what this guards against
+    spec = load_spec(write(tmp_path, text), ["fixed.lr_gamma=1e-1", "fixed.aux_weight=2"])
+    assert spec.fixed["lr"] == 0.001 and spec.fixed["weight_decay"] == 0.0005 and spec.fixed["lr_gamma"] == 0.1
+    assert type(spec.fixed["aux_weight"]) is int and type(spec.fixed["epochs"]) is int  # ints stay ints
+    assert spec.name == "t"

@@ -9,11 +9,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from trainables import REGISTRY
-from trainables.common import Family, make_optimizer, resolve_config
+from trainables.common import ConfigError, Family, make_optimizer, resolve_config
 
 DATA_SOURCE = "mnist-5k"  # the bundled offline sample, passed to each family's load_data
 CPU = torch.device("cpu")
@@ -74,6 +75,21 @@ def test_family_configs_use_known_keys(family: Family) -> None:
     resolve_config(family, dict(family.smoke))  # raises on an unknown key
     for overrides in family.variants.values():
         resolve_config(family, dict(overrides))
+
+
+@pytest.mark.parametrize("family", REGISTRY.values(), ids=lambda f: f.name)
+def test_config_values_are_type_checked(family: Family) -> None:
+    with pytest.raises(ConfigError, match=r"^trainable \S+: lr: Input should be a valid number \(got 'fast'\)$"):
+        resolve_config(family, {"lr": "fast"})
+    for key, default in family.defaults.items():  # family keys: the type of their default
+        if isinstance(default, bool):
+            with pytest.raises(ConfigError, match=f": {key}: Input should be a valid boolean"):
+                resolve_config(family, {key: "yes"})
+        elif isinstance(default, int | float):
+            with pytest.raises(ConfigError, match=f": {key}: Input should be a valid (integer|number)"):
+                resolve_config(family, {key: "many"})
+    cfg = resolve_config(family, {"epochs": np.int64(3), "lr": np.float32(0.5)})  # Tune samples numpy scalars
+    assert type(cfg["epochs"]) is int and type(cfg["lr"]) is float
 
 
 @pytest.mark.parametrize(("family", "variant"), CASES)
