@@ -130,7 +130,10 @@ def cmd_status(a: argparse.Namespace) -> int:
     from study.results import format_counts, study_counts
 
     d = study_dir(a.storage, a.name)
-    print(f"{a.name}: {format_counts(study_counts(d))}")
+    counts = study_counts(d)
+    print(f"{a.name}: {format_counts(counts)}")
+    if any(counts.get(s) for s in ("RUNNING", "PENDING", "PAUSED")):
+        print("unfinished trials: if no `study run` is running this study, run it again to resume them")
     print(f"results: {d / 'results'}")
     return 0
 
@@ -156,10 +159,14 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from analysis.report import write_comparison
 
+    if len(set(a.names)) != len(a.names):
+        raise UserError(f"compare {' '.join(a.names)}: a study is named twice")
     dirs = [study_dir(a.storage, n) for n in a.names]
     if a.out is None and "://" in a.storage:
         raise UserError(f"--storage {a.storage}: with shared storage give --out FILE for the comparison page")
     out = Path(a.out) if a.out else Path(a.storage).expanduser() / f"compare-{'-'.join(a.names)}.html"
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"--out {out}: must be a file path in an existing directory")
     print(f"comparison: {write_comparison(dirs, out)}")
     return 0
 

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
+import yaml
 
 from analysis.load import STATUSES, default_mode
 from analysis.report import write_parquet
+from study.errors import UserError
 from study.spec import Spec
 
 # columns Ray adds to every result row that are not metrics
@@ -121,13 +123,8 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
                 }
             )
         last = epochs[-1] if epochs else {}
-        status = t["status"]
-        diverged = bool(last.get("diverged"))
         config = t["config"]
-        if status == "TERMINATED" and diverged:
-            status = "DIVERGED"
-        elif status == "TERMINATED" and int(last.get("epoch", 0) or 0) < int(config.get("epochs", epochs_default)):
-            status = "STOPPED"  # ended early by the scheduler (ASHA)
+        status = final_status(t["status"], last, config.get("epochs", epochs_default))
         row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
         for c in hp_cols:
             row[c] = _cell(config.get(c))
@@ -145,7 +142,7 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["wall_time_s"] = _num(last.get("time_total_s")) if last else 0.0
         row["num_failures"] = int(t["meta"].get("num_failures", 0) or 0)
         err = _error_message(trial_dir, t["meta"]) if status == "ERROR" else None
-        row["error"] = err or (last.get("error") if diverged else None)
+        row["error"] = err or (last.get("error") if status == "DIVERGED" else None)
         trial_rows.append(row)
     trials = pd.DataFrame(sorted(trial_rows, key=lambda r: r["trial_id"]))
     if trials.empty:
@@ -215,10 +212,31 @@ def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no trials"
 
 
+def final_status(status: str, last: dict, epochs: int) -> str:
+    """Tune's status, with a TERMINATED trial told apart by its last result: DIVERGED (it stopped
+    itself on a NaN/inf loss) or STOPPED (the scheduler ended it before `epochs`)."""
+    if status == "TERMINATED" and last.get("diverged"):
+        return "DIVERGED"
+    if status == "TERMINATED" and int(last.get("epoch", 0) or 0) < int(epochs):
+        return "STOPPED"
+    return status
+
+
 def study_counts(study_dir: Path) -> dict[str, int]:
+    """Trials by status from the saved state (no result files read): as in trials.parquet."""
+    from trainables import get_family
+
+    spec_file = Path(study_dir) / "spec.yaml"
+    raw = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+    try:
+        epochs = (raw.get("fixed") or {}).get("epochs") or get_family(raw.get("trainable", "")).all_defaults["epochs"]
+    except UserError:  # no spec (yet): epochs unknown, so no STOPPED
+        epochs = 0
     counts: dict[str, int] = {}
     for t in _trials_from_state(study_dir):
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
+        last = t["meta"].get("last_result") or {}
+        status = final_status(t["status"], last, t["config"].get("epochs", epochs))
+        counts[status] = counts.get(status, 0) + 1
     return counts
 
 
@@ -257,13 +275,16 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
         def __setstate__(self, state: dict) -> None:
             self.__dict__.update(state, out=sys.stdout)
 
-        def _line(self, trials: list) -> str:
+        def _line(self, trials: list, ending: Any = None, status: str = "") -> str:
+            """The progress line; `ending` is a trial Tune is finishing (still RUNNING) with its `status`."""
             spec = self.spec
             counts: dict[str, int] = {}
             best, best_trial = None, None
             for t in trials:
-                counts[t.status] = counts.get(t.status, 0) + 1
-                value = (t.last_result or {}).get(spec.metric)
+                s = status if t is ending else t.status
+                counts[s] = counts.get(s, 0) + 1
+                # the trial's best value so far (Tune keeps max/min of every metric), so "best" never regresses
+                value = t.run_metadata.metric_analysis.get(spec.metric, {}).get(spec.mode)
                 if _is_number(value) and (best is None or (value > best if spec.mode == "max" else value < best)):
                     best, best_trial = value, t
             done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
@@ -272,7 +293,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             line = f"[study] {done}/{total} done, {counts.get('RUNNING', 0)} running, {counts.get('ERROR', 0)} failed"
             if best is not None:
                 shown = {k: best_trial.config.get(k) for k in [*spec.space, "seed"] if k in best_trial.config}
-                hp = " ".join(f"{k}={v}" for k, v in shown.items())
+                hp = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
                 line += f" | best {spec.metric}={best:.4g} ({hp})"
             line += f" | {_fmt_duration(elapsed)}"
             return line
@@ -283,7 +304,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
                 self._print(trials, force=True)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._print(trials)
+            self._print(trials, ending=trial, status="TERMINATED")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(
@@ -291,18 +312,15 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
                 file=self.out,
                 flush=True,
             )
-            self._print(trials)
+            self._print(trials, ending=trial, status="ERROR")
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             n = trial.run_metadata.num_failures
             print(f"[study] trial {trial.trial_id} failed ({error_line(trial.error_file, 200) or 'see its error.txt'}); "
                   f"retry {n} of {self.spec.max_failures}, from its last checkpoint", file=self.out, flush=True)  # fmt: skip
 
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self._print(trials)
-
-        def _print(self, trials: list, force: bool = False) -> None:
-            line = self._line(trials)
+        def _print(self, trials: list, force: bool = False, ending: Any = None, status: str = "") -> None:
+            line = self._line(trials, ending, status)
             if force or line.split(" | ")[0] != self.last_line.split(" | ")[0]:
                 print(line, file=self.out, flush=True)
                 self.last_line, self.last_print = line, time.time()

@@ -3,7 +3,8 @@
 A study lives in ``STORAGE/NAME/``: Ray Tune's experiment (trial directories, checkpoints,
 experiment state), ``spec.yaml`` (the resolved spec it was started with) and ``results/``.
 Running the same study again resumes it: finished trials are kept, unfinished ones continue
-from their last checkpoint.
+from their last checkpoint. A complete study is not run again (no Ray is started): its tables and
+report are rebuilt, so an edited ``paper:`` block or description shows up.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
 from analysis.report import write_text
 from study import results as results_mod
 from study.errors import UserError
-from study.spec import NAME_PATTERN, Spec, check_configs, load_spec, smoke_spec, spec_to_yaml, to_param_space
+from study.spec import Spec, check_configs, check_name, load_spec, smoke_spec, spec_to_yaml, to_param_space
 from study.storage import Store
 
 SPEC_FILE = "spec.yaml"
@@ -60,20 +62,40 @@ def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Sp
     return spec
 
 
+EDITABLE = {"description": None, "paper": None}  # spec keys a resumed study may change (no trial uses them)
+
+
+def spec_difference(old: dict, new: dict, prefix: str = "") -> str | None:
+    """The first key path where two spec dicts differ, with both values; None if equal."""
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            return spec_difference(a, b, f"{prefix}{key}.")
+        return f"{prefix}{key} was {a!r}, now {b!r}"
+    return None
+
+
 def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> Path:
-    """Save the resolved spec; refuse to resume a study under a different spec. Returns the local dir."""
+    """Save the resolved spec; refuse to resume a study whose trials would differ (`spec_difference`;
+    `description` and `paper` may change, and are then saved). Returns the local dir."""
     text = spec_to_yaml(spec)
     from ray import tune
 
     existing = store.read_text(name, SPEC_FILE)
     local = store.local_dir(name)
     if existing is not None and tune.Tuner.can_restore(store.study_path(name)):
-        if existing != text:
+        if existing == text:
+            return local
+        # what the trials ran must not change; the description and the paper's numbers may
+        old, new = yaml.safe_load(existing) or {}, yaml.safe_load(text)
+        changed = spec_difference({**old, **EDITABLE}, {**new, **EDITABLE})
+        if changed:
             raise UserError(
-                f"{store.study_path(name)}: this study was started with a different spec; "
+                f"{store.study_path(name)}: this study was started with a different spec ({changed}); "
                 f"use --name to start a new study, or rerun with the same file and --set values"
             )
-        return local
     local.mkdir(parents=True, exist_ok=True)
     (local / SPEC_FILE).unlink(missing_ok=True)
     write_text(text, local / SPEC_FILE)
@@ -177,7 +199,7 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
     )
     path = store.study_path(name)
     if tune.Tuner.can_restore(path):
-        print(f"[study] resuming {path}", flush=True)
+        print(f"[study] resuming {path}", file=progress.out, flush=True)
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
@@ -185,9 +207,11 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
     num_samples = spec.search.num_samples
     search_alg = None
     if spec.search.algorithm == "optuna":
+        import optuna
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" on stderr
         search_alg = OptunaSearch(seed=spec.search.seed)
         if use_repeater:
             search_alg = Repeater(search_alg, repeat=len(seeds), set_index=True)
@@ -246,17 +270,15 @@ def run_study(
     out: TextIO | None = None,
 ) -> RunOutcome:
     """Run (or resume) a study and write its results; see the module docstring."""
-    from trainables import get_family
 
     out = out or sys.stdout
     if address is not None:
         check_reachable(address)  # seconds, before the spec's imports
     spec = prepare_spec(spec_path, overrides or [], smoke)
-    name = name or spec.name
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise UserError(f"--name {name!r}: must match {NAME_PATTERN} (letters, digits, _ . -; no slashes)")
+    if name is not None:  # the study's name everywhere (directory, report, table metadata)
+        spec = spec.model_copy(update={"name": check_name(name, "--name")})
+    name = spec.name
     store = Store.open(storage, create=True)
-    family = get_family(spec.trainable)
 
     where = store.study_path(name)
     print(
@@ -264,10 +286,64 @@ def run_study(
         file=out,
         flush=True,
     )
+    complete = complete_counts(store, name, spec)
+    interrupted = False
+    if complete is not None:  # nothing to run: no Ray; tables and report are rebuilt (the paper block may be new)
+        record_spec(store, name, spec, spec_path)
+        print(f"[study] {name}: already complete ({results_mod.format_counts(complete)})", file=out, flush=True)
+    else:
+        interrupted = _run_trials(spec, spec_path, store, name, address, out)
+    study_dir = store.pull(name)
+    trials, epochs = results_mod.collect(study_dir, spec)
+    results_mod.write_results(study_dir, spec, trials, epochs)
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    report_path = None
+    if report:
+        report_path = write_report(study_dir, out)
+    store.push(name, "results")
+    results_at = f"{where}/results" if store.remote else study_dir / "results"
+    print(f"[study] {name}: {results_mod.format_counts(counts)}", file=out, flush=True)
+    files = (
+        ["trials.parquet", "epochs.parquet", "summary.parquet", "report.html"]
+        if report
+        else ["trials.parquet", "epochs.parquet"]
+    )
+    print(f"[study] results in {results_at}/: {', '.join(files)}", file=out, flush=True)
+    if counts.get("ERROR"):
+        print(
+            f"[study] {counts['ERROR']} trial(s) failed for good (errors in trials.parquet and the report); "
+            "a rerun does not retry them: fix the cause, then run with --name NEW",
+            file=out,
+            flush=True,
+        )
+    unfinished = sum(counts.get(s, 0) for s in ("RUNNING", "PAUSED", "PENDING"))
+    if interrupted or unfinished:  # Tune stops gracefully on Ctrl-C and returns what it has
+        print(
+            f"[study] interrupted with {unfinished} trial(s) unfinished: run the same command again to resume",
+            file=out,
+            flush=True,
+        )
+        raise KeyboardInterrupt
+    return RunOutcome(study_dir, counts, report_path)
+
+
+def complete_counts(store: Store, name: str, spec: Spec) -> dict[str, int] | None:
+    """Trials by status of a study whose every trial has finished (read from its saved state), else None."""
+    if store.read_text(name, SPEC_FILE) is None:
+        return None
+    counts = results_mod.study_counts(store.pull(name))
+    finished = sum(counts.get(s, 0) for s in ("TERMINATED", "DIVERGED", "STOPPED", "ERROR"))
+    return counts if finished == sum(counts.values()) == spec.n_trials() else None
+
+
+def _run_trials(spec: Spec, spec_path: str | Path, store: Store, name: str, address: str | None, out: TextIO) -> bool:
+    """Start or resume the study's trials on Ray and wait for them; True if interrupted (Ctrl-C)."""
+    from trainables import get_family
+
     init_ray(address)
     check_resources(spec)
     t0 = time.time()
-    data = family.load_data(spec.data.source, spec.data.root)
+    data = get_family(spec.trainable).load_data(spec.data.source, spec.data.root)
     print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)
     check_configs(spec, spec_path, data)  # sizes against this data, before any trial starts
     record_spec(store, name, spec, spec_path)  # only now: a study that never started is not locked to its spec
@@ -288,31 +364,7 @@ def run_study(
     except KeyboardInterrupt:
         interrupted = True
     prune_finished(store, name)  # the final state is saved now: finished trials keep their last checkpoint
-    study_dir = store.pull(name)
-    trials, epochs = results_mod.collect(study_dir, spec)
-    results_mod.write_results(study_dir, spec, trials, epochs)
-    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    report_path = None
-    if report:
-        report_path = write_report(study_dir, out)
-    store.push(name, "results")
-    results_at = f"{where}/results" if store.remote else study_dir / "results"
-    print(f"[study] {name}: {results_mod.format_counts(counts)}", file=out, flush=True)
-    files = (
-        ["trials.parquet", "epochs.parquet", "summary.parquet", "report.html"]
-        if report
-        else ["trials.parquet", "epochs.parquet"]
-    )
-    print(f"[study] results in {results_at}/: {', '.join(files)}", file=out, flush=True)
-    unfinished = sum(counts.get(s, 0) for s in ("RUNNING", "PAUSED", "PENDING"))
-    if interrupted or unfinished:  # Tune stops gracefully on Ctrl-C and returns what it has
-        print(
-            f"[study] interrupted with {unfinished} trial(s) unfinished: run the same command again to resume",
-            file=out,
-            flush=True,
-        )
-        raise KeyboardInterrupt
-    return RunOutcome(study_dir, counts, report_path)
+    return interrupted
 
 
 def prune_finished(store: Store, name: str) -> None:

@@ -70,6 +70,18 @@ class RandInt(_Range):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # study names: directory names, no slashes
+NAME_MAX = 100
+
+
+def check_name(name: str, what: str = "study name") -> str:
+    """A study name is a directory name: NAME_PATTERN, at most NAME_MAX characters."""
+    if not (isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= NAME_MAX):
+        raise UserError(
+            f"{what} {name!r}: must be 1-{NAME_MAX} letters, digits, _ . - starting with a letter or digit (no slashes)"
+        )
+    return name
+
+
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 Domain = Annotated[
     Annotated[Grid, Tag("grid")]
@@ -127,14 +139,14 @@ class Paper(_Strict):
 class Spec(_Strict):
     """A whole study. Field meanings are in the README's "Search-space YAML" section."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     trainable: str
     data: Data
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Domain] = Field(default_factory=dict)
     repeats: int | None = Field(default=None, ge=1)
-    seeds: list[int] | None = None
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     metric: str = "test_acc"
     mode: Literal["max", "min"] = "max"
     resources: Resources = Resources()
@@ -217,12 +229,32 @@ def _format_error(path: str, err: ValidationError) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader reading numbers the YAML 1.2 way: `1e-3` and `5E4` are floats, not the
-    strings PyYAML 1.1 makes of them (which would be rejected later as "not a valid number")."""
+    """PyYAML's safe loader with YAML 1.2 scalars and no duplicate keys: `1e-3` and `5E4` are floats
+    (PyYAML's YAML 1.1 makes strings of them), only true/false are booleans (not yes/no/on/off),
+    and a key given twice in one mapping is an error (not "the last one wins")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: PyYAML reports it itself
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
+    _FLOAT,
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
@@ -274,7 +306,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such spec file")
     try:
-        raw = load_yaml(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -332,6 +366,8 @@ def check_configs(spec: Spec, path: str | Path, data: Any = None) -> None:
     for config in example_configs(spec):
         try:
             cfg = resolve_config(family, {**config, "seed": spec.seed_list[0]})
+            if str(cfg["device"]).startswith("cuda") and spec.resources.gpu == 0:
+                raise ConfigError(family.name, "device", f"{cfg['device']} needs resources.gpu > 0 (got gpu 0)")
             if family.check is not None:
                 family.check(cfg, data)
         except ConfigError as e:  # a rule of one value: name the key where the file sets it
@@ -360,11 +396,19 @@ def check_keys(spec: Spec, path: str | Path) -> None:
                     f"{path}: {section}.{key}: unknown config key for trainable {family.name}; "
                     f"known: {', '.join(sorted(known))}"
                 )
+    metrics = ", ".join(family.metrics)
+    if spec.metric not in family.metrics:
+        raise UserError(f"{path}: metric: {family.name} reports no metric {spec.metric!r}; known: {metrics}")
     hp = set(known) | {"seed"}
     for i, r in enumerate(spec.paper.results):
         for key in r.where:
             if key not in hp:
                 raise UserError(f"{path}: paper.results.{i}.where.{key}: not a config key of {family.name}")
+        if r.metric not in (*family.metrics, "params"):  # params: every trial reports its parameter count
+            raise UserError(
+                f"{path}: paper.results.{i}.metric: {family.name} reports no metric {r.metric!r}; "
+                f"known: {metrics}, params"
+            )
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:

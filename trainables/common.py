@@ -14,7 +14,9 @@ A study family (one module in ``trainables/``) provides a `Family`:
   raises `Diverged`.
 - ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...).
 - ``check(config, data)`` (optional): cheap validation of one config, before any trial starts
-  (``data`` is None in ``study validate``); raises `UserError` naming the key and the rule.
+  (``data`` is None in ``study validate``); raises `UserError` (`ConfigError` for one key's rule).
+- ``metrics``: the name of every metric ``train_epoch``/``evaluate`` can report (a spec's
+  ``metric`` and its ``paper:`` rows must name one of them; the contract test checks the list).
 
 `run_trial` is the Ray Tune function trainable: it seeds, builds, resumes from
 ``tune.get_checkpoint()``, and every epoch reports metrics (plus ``epoch``, ``params``, ``lr``,
@@ -107,6 +109,7 @@ class Family:
     train_epoch: Callable[..., dict]
     evaluate: Callable[..., dict]
     check: Callable[[dict, Any], Any] | None = None  # check(config, data or None): raise UserError early
+    metrics: tuple[str, ...] = ("train_loss", "test_loss", "test_acc")  # every metric some config reports
     smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
     doc: str = ""

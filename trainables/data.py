@@ -72,7 +72,10 @@ def _load_torchvision(root: Path) -> ImageSet:
     from filelock import FileLock
     from torchvision.datasets import MNIST
 
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"data.root: cannot create the download directory {root} ({e.strerror or e})") from None
     try:
         with FileLock(str(root / "mnist.download.lock"), timeout=1800):
             train = MNIST(str(root), train=True, download=True)

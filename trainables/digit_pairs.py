@@ -256,9 +256,9 @@ def resolve_net(cfg: dict) -> str:
     """The net `build` makes: `arch`, with `weight_sharing` turning parallelConv and Siamese into each other."""
     arch, sharing = cfg["arch"], cfg["weight_sharing"]
     if arch not in ARCHS:
-        raise UserError(f"arch: unknown net {arch!r}; known: {', '.join(ARCHS)}")
+        raise ConfigError("digit_pairs", "arch", f"unknown net {arch!r}; known: {', '.join(ARCHS)}")
     if sharing not in (None, True, False):
-        raise UserError(f"weight_sharing must be null, true or false, got {sharing!r}")
+        raise ConfigError("digit_pairs", "weight_sharing", f"must be null, true or false (got {sharing!r})")
     if arch in SINGLE_BRANCH:
         if sharing:
             raise UserError(
@@ -284,9 +284,11 @@ def check(cfg: dict, data: ImageSet | None = None) -> str:
     if data is not None:
         for key, n_images in (("n_train", len(data.train_y)), ("n_test", len(data.test_y))):
             if not 1 <= int(cfg[key]) <= n_images // 2:
-                raise UserError(
-                    f"{key}: {cfg[key]} pairs need {2 * int(cfg[key])} distinct images but the {data.source} split "
-                    f"has {n_images}; 1 <= {key} <= {n_images // 2} must hold"
+                raise ConfigError(
+                    "digit_pairs",
+                    key,
+                    f"{cfg[key]} pairs need {2 * int(cfg[key])} distinct images but the {data.source} split "
+                    f"has {n_images}; 1 <= {key} <= {n_images // 2} must hold",
                 )
     return net
 
@@ -389,6 +391,7 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
+    metrics=("train_loss", "train_acc", "test_loss", "test_acc", "test_digit_acc"),
     smoke={"n_train": 200, "n_test": 200, "epochs": 1},
     variants=VARIANTS,
     doc="Digit-pair comparison (EE-559 project 1): FconnNet, ConvNet, parallelConv, Siamese; aux loss, weight sharing.",

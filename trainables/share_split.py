@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.errors import UserError
-from trainables.common import Family, check_finite, iterate_batches
+from trainables.common import ConfigError, Family, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
 
 NUM_CLASSES = 10
@@ -339,8 +339,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _check(cfg: dict) -> None:
-    def bad(key: str, rule: str) -> UserError:
-        return UserError(f"trainable share_split: {key} {rule}, got {cfg[key]!r}")
+    def bad(key: str, rule: str) -> ConfigError:
+        return ConfigError("share_split", key, f"{rule} (got {cfg[key]!r})")
 
     if cfg["head"] not in HEADS:
         raise bad("head", f"must be one of {', '.join(HEADS)}")
@@ -349,7 +349,10 @@ def _check(cfg: dict) -> None:
     if not _is_int(cfg["features"]) or cfg["features"] < 1:
         raise bad("features", "must be a positive integer")
     if cfg["head"] == "split" and (cfg["features"] % K_H_PER_K_P or cfg["features"] < K_H_PER_K_P):
-        raise bad("features", f"must be a multiple of {K_H_PER_K_P} for head=split (K_p = features / {K_H_PER_K_P})")
+        raise UserError(  # a rule of two keys: the spec checker adds the grid point
+            f"trainable share_split: features must be a multiple of {K_H_PER_K_P} for head=split "
+            f"(K_p = features / {K_H_PER_K_P}), got {cfg['features']!r}"
+        )
     ch = cfg["conv_channels"]
     if not (isinstance(ch, (list, tuple)) and len(ch) == 2 and all(_is_int(c) and c > 0 for c in ch)):
         raise bad("conv_channels", "must be two positive integers")
@@ -360,6 +363,8 @@ def _check(cfg: dict) -> None:
             raise bad(key, "must be >= 0")
     if not _is_int(cfg["copies"]) or cfg["copies"] < 1:
         raise bad("copies", "must be an integer >= 1")
+    if not _is_int(cfg["data_seed"]) or cfg["data_seed"] < 0:
+        raise bad("data_seed", "must be an integer >= 0")
     for key in ("train_images", "test_images"):
         if cfg[key] is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
             raise bad(key, "must be null or a positive integer")
@@ -399,8 +404,8 @@ def _subset(config: dict, split: str, n_split: int, source: str) -> np.ndarray:
     )
     n = min(paper, n_split) if config[key] is None else int(config[key])
     if n > n_split:
-        raise UserError(
-            f"trainable share_split: {key} must be at most the {split} split size of {source} ({n_split}), got {n}"
+        raise ConfigError(
+            "share_split", key, f"must be at most the {split} split size of {source} ({n_split}) (got {n})"
         )
     return np.random.default_rng([int(config["data_seed"]), stream]).permutation(n_split)[:n]
 
@@ -524,6 +529,11 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
+    metrics=tuple(
+        f"{split}_{name}"
+        for split in ("train", "test")
+        for name in ("loss", "acc", "cls_loss", "box_loss", "recon_loss", *(("iou",) if split == "test" else ()))
+    ),
     smoke={"train_images": 128, "copies": 1, "test_images": 128, "epochs": 1, "lr_milestones": []},
     variants={
         "share_cls": {"head": "share", "features": 40, "task": "cls"},

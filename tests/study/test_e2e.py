@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from study.errors import UserError
 from study.runner import run_study
@@ -62,9 +64,15 @@ def test_tiny_study_writes_both_tables(ray_local, tmp_path: Path) -> None:
 
 def test_rerun_of_finished_study_adds_nothing(ray_local, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "tiny.yaml", repeats=1, fixed={"epochs": 1, "batch_size": 50})
-    first = run_study(spec, storage=tmp_path, report=False)
+    out = io.StringIO()
+    first = run_study(spec, storage=tmp_path, report=False, out=out)
+    progress = [ln for ln in out.getvalue().splitlines() if " done, " in ln]
+    assert progress[-1].startswith("[study] 2/2 done, 0 running, 0 failed | best test_acc="), progress
     ids = set(pd.read_parquet(tmp_path / "tiny" / "results" / "trials.parquet")["trial_id"])
-    second = run_study(spec, storage=tmp_path, report=False)
+    out = io.StringIO()
+    second = run_study(spec, storage=tmp_path, report=False, out=out)
+    assert "[study] tiny: already complete (2 terminated)" in out.getvalue(), out.getvalue()
+    assert "resuming" not in out.getvalue()
     assert first.counts == second.counts == {"TERMINATED": 2}
     assert set(pd.read_parquet(tmp_path / "tiny" / "results" / "trials.parquet")["trial_id"]) == ids
 
@@ -72,8 +80,14 @@ def test_rerun_of_finished_study_adds_nothing(ray_local, tmp_path: Path) -> None
 def test_rerun_with_a_different_spec_is_refused(ray_local, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "tiny.yaml", repeats=1, fixed={"epochs": 1})
     run_study(spec, storage=tmp_path, report=False)
-    with pytest.raises(UserError, match="started with a different spec; use --name"):
+    with pytest.raises(UserError, match=r"started with a different spec \(fixed.epochs was 1, now 2\); use --name"):
         run_study(spec, storage=tmp_path, overrides=["fixed.epochs=2"], report=False)
+    # the paper's numbers and the description may change: they are saved, no trial reruns
+    paper = "paper.results=[{label: row, where: {arch: Siamese}, metric: test_acc, value: 0.9}]"
+    again = run_study(spec, storage=tmp_path, overrides=[paper, "description=new"], report=False)
+    assert again.counts == {"TERMINATED": 2}
+    saved = yaml.safe_load((tmp_path / "tiny" / "spec.yaml").read_text())
+    assert saved["description"] == "new" and saved["paper"]["results"][0]["value"] == 0.9
 
 
 def test_diverging_trial_is_recorded_and_study_goes_on(ray_local, tmp_path: Path) -> None:
@@ -173,5 +187,5 @@ def test_failed_start_does_not_lock_the_study(ray_local, tmp_path: Path) -> None
         run_study(spec, storage=tmp_path, overrides=["data.n_train=5000"], report=False)
     assert not (tmp_path / "big" / "spec.yaml").exists()
     assert run_study(spec, storage=tmp_path, report=False).counts == {"TERMINATED": 2}
-    with pytest.raises(UserError, match="--name 'a/b': must match"):
+    with pytest.raises(UserError, match="--name 'a/b': must be 1-100 letters"):
         run_study(spec, storage=tmp_path, name="a/b", report=False)

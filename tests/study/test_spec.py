@@ -138,6 +138,18 @@ BAD = [
     ),
     ("negative cpu", with_(resources={"cpu": 0}), "s.yaml: resources.cpu: Input should be greater than 0 (got 0)"),
     (
+        "unknown metric",
+        with_(metric="accuracy"),
+        "s.yaml: metric: digit_pairs reports no metric 'accuracy'; known: train_loss, train_acc, test_loss, test_acc",
+    ),
+    (
+        "paper metric",
+        with_(paper={"results": [{"label": "x", "metric": "test_accuracy", "value": 0.9}]}),
+        "s.yaml: paper.results.0.metric: digit_pairs reports no metric 'test_accuracy'; known: ",
+    ),
+    ("empty seeds", with_(repeats=..., seeds=[]), "s.yaml: seeds: List should have at least 1 item after validation"),
+    ("long name", with_(name="x" * 101), "s.yaml: name: String should have at most 100 characters"),
+    (
         "paper where unknown",
         with_(paper={"results": [{"label": "x", "where": {"depth": 3}, "metric": "test_acc", "value": 0.9}]}),
         "s.yaml: paper.results.0.where.depth: not a config key of digit_pairs",
@@ -179,8 +191,8 @@ def test_bad_overrides(override: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "changes,expected",
     [
-        ({"space__arch": {"grid": ["Foo"]}}, "s.yaml: arch: unknown net 'Foo'; known: FconnNet, ConvNet, parallelConv, Siamese"),
-        ({"space__arch": {"grid": ["ConvNet", "Foo"]}}, "s.yaml: arch: unknown net 'Foo'"),
+        ({"space__arch": {"grid": ["Foo"]}}, "s.yaml: space.arch: unknown net 'Foo'; known: FconnNet, ConvNet, parallelConv, Siamese"),
+        ({"space__arch": {"grid": ["ConvNet", "Foo"]}}, "s.yaml: space.arch: unknown net 'Foo'"),
         ({"fixed__weight_sharing": True, "space__arch": {"grid": ["FconnNet"]}}, "s.yaml: weight_sharing=true needs a two-branch net"),
         # types and rules of single values, named by the section that sets them
         ({"fixed__lr": -1, "space__lr": ...}, "s.yaml: fixed.lr: Input should be greater than 0 (got -1)"),
@@ -193,6 +205,7 @@ def test_bad_overrides(override: str, expected: str) -> None:
         ({"space__aux_loss": {"grid": [True, "no"]}}, "s.yaml: space.aux_loss: Input should be a valid boolean (got 'no')"),
         ({"space__batch_size": {"uniform": [10, 100]}}, "s.yaml: space.batch_size: Input should be a valid integer (got 10.0)"),
         ({"data__n_train": 0}, "s.yaml: data.n_train: Input should be greater than or equal to 1 (got 0)"),
+        ({"fixed__device": "cuda:1"}, "s.yaml: fixed.device: cuda:1 needs resources.gpu > 0 (got gpu 0)"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_at_validation(tmp_path: Path, changes: dict, expected: str) -> None:
@@ -211,9 +224,8 @@ def test_share_split_value_and_size_checks(tmp_path: Path) -> None:
         load_spec(write(tmp_path, raw))
     raw["space"] = {"train_images": {"grid": [250, 3000]}}
     spec = load_spec(write(tmp_path, raw))  # sizes need the data: fine without it
-    with pytest.raises(
-        UserError, match=r"train_images must be at most the train split size of mnist-5k \(2500\), got 3000"
-    ):
+    msg = r"^s\.yaml: space\.train_images: must be at most the train split size of mnist-5k \(2500\) \(got 3000\)$"
+    with pytest.raises(UserError, match=msg):
         check_configs(spec, "s.yaml", load_mnist("mnist-5k"))
 
 
@@ -232,3 +244,24 @@ def test_yaml_numbers_in_exponent_form_are_floats(tmp_path: Path) -> None:
     assert spec.fixed["lr"] == 0.001 and spec.fixed["weight_decay"] == 0.0005 and spec.fixed["lr_gamma"] == 0.1
     assert type(spec.fixed["aux_weight"]) is int and type(spec.fixed["epochs"]) is int  # ints stay ints
     assert spec.name == "t"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("name: a\ntrainable: digit_pairs\nname: b\n", "s.yaml: line 3, column 1: invalid YAML (duplicate key 'name')"),
+        ("name: t\ntrainable: digit_pairs\ndata: {source: mnist-5k}\nfixed: {aux_loss: yes}\n",
+         "s.yaml: fixed.aux_loss: Input should be a valid boolean (got 'yes')"),  # YAML 1.2: only true/false
+    ],
+)  # fmt: skip
+def test_yaml_1_2_rules(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_spec(write(tmp_path, text))
+    assert str(info.value).replace(str(tmp_path) + "/", "") == expected
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(UserError, match=r"s\.yaml: not a UTF-8 text file \(byte 9: invalid continuation byte\)"):
+        load_spec(path)

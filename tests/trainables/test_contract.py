@@ -131,6 +131,19 @@ def test_evaluate_reports_test_acc(family: Family, variant: str, family_data) ->
     assert all(math.isfinite(float(v)) for v in metrics.values())
 
 
+@pytest.mark.parametrize("family", REGISTRY.values(), ids=lambda f: f.name)
+def test_declared_metrics_are_the_reported_ones(family: Family, family_data) -> None:
+    """`Family.metrics` (what specs may name) is exactly what the variants report, all of them together."""
+    reported: set[str] = set()
+    for variant in family.variants or {"defaults": {}}:
+        model, cfg, trial_data, metrics = fresh_epoch(family, variant, family_data(family))
+        with torch.no_grad():
+            metrics |= family.evaluate(model.eval(), trial_data, cfg, CPU)
+        assert set(metrics) <= set(family.metrics), (variant, sorted(set(metrics) - set(family.metrics)))
+        reported |= set(metrics)
+    assert reported == set(family.metrics)
+
+
 @pytest.mark.parametrize(("family", "variant"), CASES)
 def test_same_seed_gives_same_train_loss(family: Family, variant: str, family_data) -> None:
     data = family_data(family)

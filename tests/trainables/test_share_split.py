@@ -213,13 +213,14 @@ def test_evaluate_reports_iou_only_with_a_box(mnist5k):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"train_images": 2501}, "train_images must be at most the train split size of mnist-5k (2500), got 2501"),
-        ({"test_images": 9999}, "test_images must be at most the test split size of mnist-5k (2500), got 9999"),
+        ({"train_images": 2501}, "train_images: must be at most the train split size of mnist-5k (2500) (got 2501)"),
+        ({"test_images": 9999}, "test_images: must be at most the test split size of mnist-5k (2500) (got 9999)"),
         ({"head": "split", "features": 42}, "features must be a multiple of 5 for head=split"),
-        ({"head": "both"}, "head must be one of share, split, got 'both'"),
-        ({"task": "box"}, "task must be one of cls, cls_box"),
-        ({"copies": 0}, "copies must be an integer >= 1, got 0"),
-        ({"recon_size": 32}, "recon_size must be one of 28, 56, got 32"),
+        ({"head": "both"}, "head: must be one of share, split (got 'both')"),
+        ({"task": "box"}, "task: must be one of cls, cls_box"),
+        ({"copies": 0}, "copies: must be an integer >= 1 (got 0)"),
+        ({"data_seed": -1}, "data_seed: must be an integer >= 0 (got -1)"),
+        ({"recon_size": 32}, "recon_size: must be one of 28, 56 (got 32)"),
     ],
 )
 def test_bad_config_is_a_one_line_user_error(mnist5k, overrides, message):
