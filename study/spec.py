@@ -28,6 +28,14 @@ class _Strict(BaseModel):
 class Grid(_Strict):
     grid: list[Any] = Field(min_length=1)
 
+    @field_validator("grid")
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        twice = [v for i, v in enumerate(values) if v in values[:i]]  # lists are values too: no set()
+        if twice:
+            raise ValueError(f"grid values must be distinct (each is run once per seed), but {twice[0]!r} is repeated")
+        return values
+
 
 class Choice(_Strict):
     choice: list[Any] = Field(min_length=1)

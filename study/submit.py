@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserError
+from study.spec import check_name, load_spec
 
 # Not uploaded with the project (Ray also skips what .gitignore lists).
 UPLOAD_EXCLUDES = [
@@ -77,6 +78,9 @@ def submit(
             f"{spec_path}: outside the project directory {root} that is uploaded to the cluster; "
             "move the spec under it (e.g. search_spaces/)"
         ) from None
+    load_spec(spec_path, overrides)  # a bad spec fails here, in seconds, not in the job on the cluster
+    if name is not None:
+        check_name(name, "--name")
     entrypoint = build_entrypoint(relpath, name=name, storage=storage, overrides=overrides, smoke=smoke)
     return submit_entrypoint(address, entrypoint, working_dir=root)
 

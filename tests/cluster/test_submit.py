@@ -19,6 +19,7 @@ import pytest
 from study import submit as submit_mod
 from study.errors import UserError
 from study.submit import build_entrypoint, job_status, submit
+from tests.conftest import write_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def test_submit_uploads_the_project_and_names_the_spec_relative_to_it(monkeypatc
     (tmp_path / "pyproject.toml").write_text("")
     spec = tmp_path / "search_spaces" / "s.yaml"
     spec.parent.mkdir()
-    spec.write_text("name: s\n")
+    write_spec(spec, name="s")
     seen = {}
     monkeypatch.setattr(submit_mod, "submit_entrypoint", lambda a, e, working_dir: seen.update(a=a, e=e, w=working_dir))
     submit(spec, address="http://127.0.0.1:8265", name=None, storage=None, overrides=[], smoke=False)
@@ -57,9 +58,18 @@ def test_missing_spec_is_a_user_error(tmp_path: Path) -> None:
         )
 
 
+def test_bad_spec_fails_before_contacting_the_cluster(monkeypatch) -> None:
+    monkeypatch.setattr(submit_mod, "submit_entrypoint", lambda *a, **k: pytest.fail("submitted a bad spec"))
+    spec = REPO / "search_spaces" / "quickstart.yaml"
+    with pytest.raises(UserError, match=r"quickstart\.yaml: fixed\.lr: Input should be greater than 0 \(got -1\)"):
+        submit(spec, address="http://127.0.0.1:8265", name=None, storage=None, overrides=["fixed.lr=-1"], smoke=False)
+    with pytest.raises(UserError, match="--name 'a/b': must be 1-100 letters"):
+        submit(spec, address="http://127.0.0.1:8265", name="a/b", storage=None, overrides=[], smoke=False)
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:8265", "auto", "ray://127.0.0.1:10001"])
 def test_address_must_be_the_dashboard_url(address: str) -> None:
-    spec = REPO / "pyproject.toml"  # any existing file inside the project
+    spec = REPO / "search_spaces" / "quickstart.yaml"
     with pytest.raises(UserError, match=r"expected the Ray dashboard URL, e.g. http://127.0.0.1:8265"):
         submit(spec, address=address, name=None, storage=None, overrides=[], smoke=False)
 

@@ -128,6 +128,11 @@ BAD = [
         with_(space__arch={"grid": []}),
         "s.yaml: space.arch.grid: List should have at least 1 item after validation, not 0 (got [])",
     ),
+    (
+        "grid repeats a value",
+        with_(space__arch={"grid": ["ConvNet", "ConvNet"]}),
+        "s.yaml: space.arch.grid: grid values must be distinct (each is run once per seed), but 'ConvNet' is repeated",
+    ),
     ("repeats zero", with_(repeats=0), "s.yaml: repeats: Input should be greater than or equal to 1 (got 0)"),
     ("mode", with_(mode="maximum"), "s.yaml: mode: Input should be 'max' or 'min' (got 'maximum')"),
     ("seed in space", with_(fixed__seed=1), "s.yaml: (top level): seed is set by repeats/seeds, not by space or fixed"),
