@@ -83,7 +83,8 @@ def study_dir(storage: str, name: str) -> Path:
     from study.storage import Store
 
     store = Store.open(storage)
-    if store.read_text(name, "spec.yaml") is None:
+    not_a_dir_name = "/" in name or name in ("", ".", "..") or len(name.encode()) > 255
+    if not_a_dir_name or store.read_text(name, "spec.yaml") is None:
         raise UserError(
             f"{store.study_path(name)}: no study named {name!r} under {storage} (see `study ls --storage {storage}`)"
         )

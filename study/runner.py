@@ -62,7 +62,8 @@ def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Sp
     return spec
 
 
-EDITABLE = {"description": None, "paper": None}  # spec keys a resumed study may change (no trial uses them)
+# spec keys a resumed study may change (no trial uses them; the name is the study's directory anyway)
+EDITABLE = {"name": None, "description": None, "paper": None}
 
 
 def spec_difference(old: dict, new: dict, prefix: str = "") -> str | None:

@@ -237,13 +237,15 @@ def _format_error(path: str, err: ValidationError) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 scalars and no duplicate keys: `1e-3` and `5E4` are floats
-    (PyYAML's YAML 1.1 makes strings of them), only true/false are booleans (not yes/no/on/off),
-    and a key given twice in one mapping is an error (not "the last one wins")."""
+    """PyYAML's safe loader with three YAML 1.2 rules: `1e-3`, `5E4` and `-.5` are floats (PyYAML's
+    YAML 1.1 makes strings of them), only true/false are booleans (not yes/no/on/off), and a key
+    given twice in one mapping is an error (not "the last one wins"). Integers are as in PyYAML."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
@@ -266,7 +268,7 @@ _Loader.add_implicit_resolver(
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
         re.X,
@@ -434,7 +436,7 @@ def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
     raw["fixed"] = {**raw["fixed"], **{k: v for k, v in family_smoke.items() if k not in spec.space}, "epochs": 1}
     searched_epochs = "epochs" in spec.space
     raw["data"] = {k: v for k, v in raw["data"].items() if k in ("source", "root") or k not in family_smoke}
-    raw["name"] = f"{spec.name}-smoke"
+    raw["name"] = f"{spec.name[: NAME_MAX - len('-smoke')]}-smoke"
     budget = 4
     space = {}
     for key, dom in spec.space.items():

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.errors import UserError
-from study.spec import check_name
 
 CACHE = Path(os.environ.get("STUDY_CACHE", "~/.cache/study-platform/studies")).expanduser()
 
@@ -82,11 +81,10 @@ class Store:
 
     def study_path(self, name: str) -> str:
         """Path or URI of a study, as Ray Tune sees it."""
-        return f"{self.root}/{check_name(name)}"
+        return f"{self.root}/{name}"
 
     def local_dir(self, name: str) -> Path:
         """The directory where the study's tables are computed (the study itself when local)."""
-        check_name(name)
         if not self.remote:
             return Path(self.root) / name
         key = hashlib.sha1(self.root.encode()).hexdigest()[:10]

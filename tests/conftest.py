@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -66,6 +67,8 @@ def saved_checkpoint_epochs(study_dir: Path) -> dict[str, int]:
             continue
         manager = ray.cloudpickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
         latest = manager.latest_checkpoint_result
-        if latest is not None and latest.checkpoint is not None:
+        epochs = trial.get("config", {}).get("epochs", math.inf)
+        # a trial saved at its last epoch, not yet marked finished, reports that epoch again: left out
+        if latest is not None and latest.checkpoint is not None and latest.metrics["epoch"] < epochs:
             out[trial.get("relative_logdir") or f"trial_{trial['trial_id']}"] = latest.metrics["epoch"]
     return out

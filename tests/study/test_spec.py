@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from study.errors import UserError
-from study.spec import apply_overrides, load_spec, smoke_spec, to_param_space
+from study.spec import apply_overrides, load_spec, load_yaml, smoke_spec, to_param_space
 
 SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
 
@@ -248,6 +248,9 @@ def test_yaml_numbers_in_exponent_form_are_floats(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, text), ["fixed.lr_gamma=1e-1", "fixed.aux_weight=2"])
     assert spec.fixed["lr"] == 0.001 and spec.fixed["weight_decay"] == 0.0005 and spec.fixed["lr_gamma"] == 0.1
     assert type(spec.fixed["aux_weight"]) is int and type(spec.fixed["epochs"]) is int  # ints stay ints
+    assert load_yaml("a: -.5\nb: +.5e1\nc: 1.5\n") == {"a": -0.5, "b": 5.0, "c": 1.5}
+    # anchors and merge keys still work, and a merged key may be overridden (not a duplicate)
+    assert load_yaml("base: &b {x: 1, y: 2}\nc: {<<: *b, y: 3}\n")["c"] == {"x": 1, "y": 3}
     assert spec.name == "t"
 
 
