@@ -228,14 +228,14 @@ def study_counts(study_dir: Path) -> dict[str, int]:
 
     spec_file = Path(study_dir) / "spec.yaml"
     raw = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
-    try:
-        epochs = (raw.get("fixed") or {}).get("epochs") or get_family(raw.get("trainable", "")).all_defaults["epochs"]
+    try:  # a trial's config holds its fixed and searched keys: only the family default is missing
+        epochs_default = get_family(raw.get("trainable", "")).all_defaults["epochs"]
     except UserError:  # no spec (yet): epochs unknown, so no STOPPED
-        epochs = 0
+        epochs_default = 0
     counts: dict[str, int] = {}
     for t in _trials_from_state(study_dir):
         last = t["meta"].get("last_result") or {}
-        status = final_status(t["status"], last, t["config"].get("epochs", epochs))
+        status = final_status(t["status"], last, t["config"].get("epochs", epochs_default))
         counts[status] = counts.get(status, 0) + 1
     return counts
 

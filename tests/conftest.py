@@ -72,3 +72,26 @@ def saved_checkpoint_epochs(study_dir: Path) -> dict[str, int]:
         if latest is not None and latest.checkpoint is not None and latest.metrics["epoch"] < epochs:
             out[trial.get("relative_logdir") or f"trial_{trial['trial_id']}"] = latest.metrics["epoch"]
     return out
+
+
+def result_rows(study_dir: Path) -> dict[str, list[dict]]:
+    """{trial dir name: its result.json rows} (a line cut mid-write is skipped)."""
+    out = {}
+    for f in sorted(study_dir.glob("trial_*/result.json")):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        out[f.parent.name] = rows
+    return out
+
+
+def epochs_of(rows: list[dict]) -> list[int]:
+    return [r["epoch"] for r in rows if "epoch" in r]
+
+
+def restart_points(rows: list[dict]) -> list[int]:
+    """Indices of the rows a trial reported first after being restored (from a checkpoint or not)."""
+    return [i for i, r in enumerate(rows) if i and r.get("iterations_since_restore") == 1]

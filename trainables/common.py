@@ -218,13 +218,14 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
 
     for epoch in range(start + 1, int(cfg["epochs"]) + 1):
         lr = optimizer.param_groups[0]["lr"]
+        # what this epoch reports if it diverges: the last finished epoch, with its (finite) metrics
+        diverged = {**last_finite, "epoch": epoch - 1, "params": params, "lr": lr, "diverged": 1}
         model.train()
         try:
             train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
             check_finite(torch.tensor(float(train_metrics["train_loss"])))
         except Diverged as e:
-            # recorded at the last finished epoch, with its (finite) metrics
-            tune.report({**last_finite, "epoch": epoch - 1, "params": params, "lr": lr, "diverged": 1, "error": str(e)})
+            tune.report({**diverged, "error": str(e)})
             return
         scheduler.step()
         model.eval()
@@ -233,16 +234,7 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics}
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
-            tune.report(
-                {
-                    **last_finite,
-                    "epoch": epoch - 1,
-                    "params": params,
-                    "lr": lr,
-                    "diverged": 1,
-                    "error": "non-finite metric",
-                }
-            )
+            tune.report({**diverged, "error": "non-finite metric"})
             return
         last_finite = metrics
         with tempfile.TemporaryDirectory() as d:

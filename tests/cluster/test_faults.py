@@ -35,7 +35,6 @@ Whole file: 3 min 0 s (twice, load 4-6), 3 min 17 s at load up to 23.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -43,7 +42,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, checkpoints_on_disk, saved_checkpoint_epochs, study_cmd, write_spec
+from tests.conftest import (
+    REPO,
+    checkpoints_on_disk,
+    epochs_of,
+    restart_points,
+    result_rows,
+    saved_checkpoint_epochs,
+    study_cmd,
+    write_spec,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -88,29 +96,6 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
         proc.wait(10)
         pytest.fail(f"study run did not finish within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
     return log.read_text()
-
-
-def result_rows(study_dir: Path) -> dict[str, list[dict]]:
-    """{trial dir name: its result.json rows} (a line cut mid-write is skipped)."""
-    out = {}
-    for f in sorted(study_dir.glob("trial_*/result.json")):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        out[f.parent.name] = rows
-    return out
-
-
-def epochs_of(rows: list[dict]) -> list[int]:
-    return [r["epoch"] for r in rows if "epoch" in r]
-
-
-def restart_points(rows: list[dict]) -> list[int]:
-    """Indices of the rows a trial reported first after being restored (from a checkpoint or not)."""
-    return [i for i, r in enumerate(rows) if i and r.get("iterations_since_restore") == 1]
 
 
 def actor_nodes(cluster) -> dict[int, str]:

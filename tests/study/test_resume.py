@@ -3,7 +3,6 @@ Ctrl-C) resumes when run again: every trial exactly once, checkpointed trials no
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,21 +12,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, checkpoints_on_disk, saved_checkpoint_epochs, study_cmd, write_spec
+from tests.conftest import (
+    REPO,
+    checkpoints_on_disk,
+    epochs_of,
+    restart_points,
+    result_rows,
+    saved_checkpoint_epochs,
+    study_cmd,
+    write_spec,
+)
 
 pytestmark = pytest.mark.e2e
 # 250 steps of batch 5 per epoch: 0.5-0.9 s with two trials on 2 cores, so a kill lands mid-trial
 EPOCHS = 8
-
-
-def rows_of(trial_dir: Path) -> list[dict]:
-    f = trial_dir / "result.json"
-    lines = f.read_text().splitlines() if f.exists() else []
-    return [json.loads(ln) for ln in lines if ln.strip().endswith("}")]
-
-
-def epochs_reported(study_dir: Path) -> dict[str, list[int]]:
-    return {d.name: [r["epoch"] for r in rows_of(d) if "epoch" in r] for d in study_dir.glob("trial_*")}
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -63,7 +61,7 @@ def test_interrupted_study_resumes_every_trial_exactly_once(tmp_path: Path, how:
             if done and max(done) >= 2:
                 assert max(done) <= 4, f"the poll came too late to interrupt mid-trial: {done}"
                 time.sleep(1.2)  # let the experiment state (saved every 1 s) record checkpoints
-                at_kill = epochs_reported(study_dir)
+                at_kill = {name: epochs_of(rows) for name, rows in result_rows(study_dir).items()}
                 break
             assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
             time.sleep(0.2)
@@ -92,8 +90,9 @@ def test_interrupted_study_resumes_every_trial_exactly_once(tmp_path: Path, how:
     per_trial = epochs.groupby("trial_id")["epoch"].apply(sorted)
     assert all(e == list(range(1, EPOCHS + 1)) for e in per_trial), per_trial
     # trials the saved state had checkpoints for continued right after them instead of starting over
-    after = epochs_reported(study_dir)
+    rows = result_rows(study_dir)
     for name, epoch in saved.items():
-        assert after[name].count(1) == 1, (name, epoch, after[name])
-        resumed = [r for r in rows_of(study_dir / name) if r.get("iterations_since_restore") == 1][1:]
-        assert resumed and resumed[0]["epoch"] == epoch + 1, (name, epoch, after[name])
+        after = epochs_of(rows[name])
+        assert after.count(1) == 1, (name, epoch, after)
+        resumed = [rows[name][i]["epoch"] for i in restart_points(rows[name])]
+        assert resumed and resumed[0] == epoch + 1, (name, epoch, after)
