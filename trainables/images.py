@@ -413,9 +413,7 @@ class TrialImages:
             return x
         return augment(x, self.recipe, generator)
 
-    def batches(
-        self, split: str, batch_size: int, device: torch.device, generator: torch.Generator | None
-    ) -> Any:
+    def batches(self, split: str, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Any:
         """Yield (x in [0, 1] at the family's shape, before augmentation/normalisation, y) batches.
         Training order from `generator` (None: fixed order)."""
         if isinstance(self.data, FolderImages):
@@ -515,21 +513,29 @@ def check_image_config(family: str, cfg: Mapping[str, Any], data: Images | None)
         raise ConfigError(family, "num_classes", f"must be >= 1, or 0 for the data source's (got {cfg['num_classes']})")
     if data is not None and cfg["num_classes"] and cfg["num_classes"] < data.num_classes:
         raise ConfigError(
-            family, "num_classes", f"{data.source} has {data.num_classes} classes, more than num_classes={cfg['num_classes']}"
+            family,
+            "num_classes",
+            f"{data.source} has {data.num_classes} classes, more than num_classes={cfg['num_classes']}",
         )
     if cfg["augment"] not in ("auto", *AUGMENTATIONS):
-        raise ConfigError(family, "augment", f"must be one of auto, {', '.join(AUGMENTATIONS)} (got {cfg['augment']!r})")
+        raise ConfigError(
+            family, "augment", f"must be one of auto, {', '.join(AUGMENTATIONS)} (got {cfg['augment']!r})"
+        )
     for key in ("n_train", "n_test"):
         if cfg[key] < 0:
             raise ConfigError(family, key, f"must be >= 0 (0 = all), got {cfg[key]}")
     if cfg["eval_batch_size"] < 1:
         raise ConfigError(family, "eval_batch_size", f"must be >= 1, got {cfg['eval_batch_size']}")
     if cfg["loader_workers"] < -1:
-        raise ConfigError(family, "loader_workers", f"must be >= 0, or -1 for the trial's CPUs (got {cfg['loader_workers']})")
+        raise ConfigError(
+            family, "loader_workers", f"must be >= 0, or -1 for the trial's CPUs (got {cfg['loader_workers']})"
+        )
     if cfg["scale_eval_at"] not in ("epoch", "end"):
         raise ConfigError(family, "scale_eval_at", f"must be epoch or end (got {cfg['scale_eval_at']!r})")
     factors = cfg["scale_eval"]
-    if len(factors) > 16 or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.05 <= f <= 20 for f in factors):
+    if len(factors) > 16 or any(
+        isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.05 <= f <= 20 for f in factors
+    ):
         raise ConfigError(family, "scale_eval", f"must be at most 16 numbers in [0.05, 20] (got {factors!r})")
     if len({scale_metric(f) for f in factors}) != len(factors):
         raise ConfigError(family, "scale_eval", f"factors must be distinct (got {factors!r})")
@@ -559,7 +565,13 @@ def prepare_images(cfg: Mapping[str, Any], data: Images, *, channels: int, size:
         train_index, test_index = _subset(len(data.train), cfg["n_train"]), _subset(len(data.test), cfg["n_test"])
     else:
         train_index, test_index = _subset(len(data.train_y), cfg["n_train"]), _subset(len(data.test_y), cfg["n_test"])
-    stats_key = "mnist" if data.source.startswith("mnist") else "imagenet" if data.source.startswith("imagenet") else data.source
+    stats_key = (
+        "mnist"
+        if data.source.startswith("mnist")
+        else "imagenet"
+        if data.source.startswith("imagenet")
+        else data.source
+    )
     mean, std = MEAN_STD[stats_key]
     if len(mean) != channels:  # grey stats replicated, colour stats averaged
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
