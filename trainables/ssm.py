@@ -231,7 +231,8 @@ def ssm_loss(out: Any, y: torch.Tensor, *, scheme: str = "joint", reduce: str = 
 def member_seed(seed: int, member: int, epoch: int | None = None) -> int:
     """The seed of member `member` (>= 1, 0-based: 0 is the trial's own) for its init (epoch None)
     or for its batch order and augmentation in 0-based `epoch`: a hash of (seed, member, epoch)."""
-    words = [int(seed), int(member)] + ([] if epoch is None else [int(epoch)])
+    # a tag word keeps init and epoch seeds apart (SeedSequence ignores trailing zero words)
+    words = [int(seed), int(member), 1] if epoch is None else [int(seed), int(member), 2, int(epoch)]
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
@@ -422,8 +423,13 @@ FAMILY = Family(
     check=check,
     # heads 1-4 and members 1-2 (the paper's) are declared by name, any others by pattern
     metrics=image_metrics(
-        10, extra=(*(f"test_acc_head{k}" for k in range(1, 5)), "test_acc_member1", "test_acc_member2",
-                   "test_acc_ensemble_gain"),
+        10,
+        extra=(
+            *(f"test_acc_head{k}" for k in range(1, 5)),
+            "test_acc_member1",
+            "test_acc_member2",
+            "test_acc_ensemble_gain",
+        ),
     ),  # fmt: skip
     metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_acc_head\d+", r"test_acc_member\d+"),
     model_keys=("arch", "width", "cifar_stem", "image_size", "head", "heads", "bn_relu", "ensemble", "num_classes"),
@@ -442,7 +448,11 @@ FAMILY = Family(
         "resnet18_plain": {"arch": "resnet18", "width": 4, "cifar_stem": True, "head": "plain"},
         "resnet18_ssm": {"arch": "resnet18", "width": 4, "cifar_stem": True, "head": "ssm"},
         "resnet18_ssm_all_individual": {
-            "arch": "resnet18", "width": 4, "cifar_stem": True, "head": "ssm", "bn_relu": "all",
+            "arch": "resnet18",
+            "width": 4,
+            "cifar_stem": True,
+            "head": "ssm",
+            "bn_relu": "all",
             "scheme": "individual",
         },  # fmt: skip
         "resnet18_2fc": {"arch": "resnet18", "width": 4, "cifar_stem": True, "head": "2fc"},
