@@ -430,7 +430,7 @@ FAMILY = Family(
             "test_acc_member2",
             "test_acc_ensemble_gain",
         ),
-    ),  # fmt: skip
+    ),
     metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_acc_head\d+", r"test_acc_member\d+"),
     model_keys=("arch", "width", "cifar_stem", "image_size", "head", "heads", "bn_relu", "ensemble", "num_classes"),
     input_shape=lambda cfg: (3, image_size(cfg), image_size(cfg)),
@@ -454,7 +454,7 @@ FAMILY = Family(
             "head": "ssm",
             "bn_relu": "all",
             "scheme": "individual",
-        },  # fmt: skip
+        },
         "resnet18_2fc": {"arch": "resnet18", "width": 4, "cifar_stem": True, "head": "2fc"},
         "resnet50_3fc": {"arch": "resnet50", "width": 4, "image_size": 32, "head": "3fc"},
         "resnext50_ssm": {"arch": "resnext50_32x4d", "width": 16, "image_size": 32, "head": "ssm", "heads": 3},
