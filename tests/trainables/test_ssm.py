@@ -308,3 +308,33 @@ def test_shipped_spaces():
     ens = load_spec(SEARCH_SPACES / "ssm_imagenet_ensemble.yaml")
     assert ens.base_config()["ensemble"] == 2
     assert {r.metric for r in ens.paper.results} >= {"test_acc", "test_acc_member1", "test_acc_member2"}
+
+
+def test_an_ensemble_resumed_from_its_state_trains_on_exactly(mnist5k):
+    """Two epochs in one go == one epoch, a checkpoint's state (as run_trial saves it), one more epoch:
+    the members' per-epoch data seeds come from the saved ``epochs_trained``."""
+    cfg = config(head="ssm", ensemble=2, n_train=32, batch_size=16, epochs=2, seed=1)
+    data = FAMILY.prepare(cfg, mnist5k)
+
+    def fresh():
+        torch.manual_seed(1)
+        model = build(cfg).train()
+        return model, make_optimizer(model, cfg), torch.Generator().manual_seed(1)
+
+    model, opt, gen = fresh()
+    for _ in range(2):
+        train_epoch(model, opt, data, cfg, gen, CPU)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, opt, gen = fresh()
+    train_epoch(model, opt, data, cfg, gen, CPU)
+    saved = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state()}
+    torch.manual_seed(99)  # a new process: another global RNG state
+    resumed, opt2, gen2 = fresh()
+    resumed.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["optimizer"])
+    gen2.set_state(saved["generator"])
+    train_epoch(resumed, opt2, data, cfg, gen2, CPU)
+    after = resumed.state_dict()
+    assert int(after["epochs_trained"]) == 2
+    assert all(torch.equal(straight[k], after[k]) for k in straight)
