@@ -408,7 +408,7 @@ def check_keys(spec: Spec, path: str | Path) -> None:
         raise UserError(
             f"{path}: trainable: unknown trainable {spec.trainable!r}; known: {', '.join(sorted(REGISTRY))}"
         )
-    if spec.data.source not in family.sources:
+    if family.sources is not None and spec.data.source not in family.sources:
         raise UserError(
             f"{path}: data.source: {family.name} reads {', '.join(family.sources)}, not {spec.data.source!r}"
         )

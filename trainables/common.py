@@ -121,7 +121,7 @@ class Family:
     smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
     doc: str = ""
-    sources: tuple[str, ...] = ("mnist", "mnist-5k")  # data.source values `load_data` reads
+    sources: tuple[str, ...] | None = None  # data.source values `load_data` reads (None: every source)
     metric_patterns: tuple[str, ...] = ()  # regexes of config-dependent metric names (test_acc_scale_0.5)
     model_keys: tuple[str, ...] = ()  # config keys that shape the model (`study validate --models`)
     input_shape: Callable[[dict], tuple[int, ...]] | None = None  # one example's input shape, e.g. (3, 32, 32)
