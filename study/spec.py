@@ -408,6 +408,10 @@ def check_keys(spec: Spec, path: str | Path) -> None:
         raise UserError(
             f"{path}: trainable: unknown trainable {spec.trainable!r}; known: {', '.join(sorted(REGISTRY))}"
         )
+    if family.sources is not None and spec.data.source not in family.sources:
+        raise UserError(
+            f"{path}: data.source: {family.name} reads {', '.join(family.sources)}, not {spec.data.source!r}"
+        )
     known = family.all_defaults
     for section, keys in (("data", spec.data.config), ("fixed", spec.fixed), ("space", spec.space)):
         for key in keys:

@@ -4,7 +4,7 @@ A study family (one module in ``trainables/``) provides a `Family`:
 
 - ``defaults``: every config key it understands, with its default (units in comments there).
   Together with `COMMON_DEFAULTS` this is the whole config; an unknown key is an error.
-- ``load_data(source, root)``: the study's raw data, loaded once in the driver and shipped to
+- ``load_data(source, root)``: the study's raw data (``sources``: the names it reads), loaded once in the driver and shipped to
   trials through the object store (``tune.with_parameters``). Never through the config.
 - ``prepare(config, data)``: per-trial tensors derived deterministically from the config
   (pairs, transforms, subsets). Returns any object ``train_epoch``/``evaluate`` understand.
@@ -121,6 +121,7 @@ class Family:
     smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
     doc: str = ""
+    sources: tuple[str, ...] | None = None  # data.source values `load_data` reads (None: every source)
     metric_patterns: tuple[str, ...] = ()  # regexes of config-dependent metric names (test_acc_scale_0.5)
     model_keys: tuple[str, ...] = ()  # config keys that shape the model (`study validate --models`)
     input_shape: Callable[[dict], tuple[int, ...]] | None = None  # one example's input shape, e.g. (3, 32, 32)

@@ -386,6 +386,7 @@ FAMILY = Family(
     name="digit_pairs",
     defaults=DEFAULTS,
     load_data=load_mnist,
+    sources=("mnist", "mnist-5k"),
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,

@@ -524,6 +524,7 @@ FAMILY = Family(
     name="share_split",
     defaults=DEFAULTS,
     load_data=load_mnist,
+    sources=("mnist", "mnist-5k"),
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,
