@@ -69,6 +69,7 @@ from trainables.backbones import ARCHS, ResNet
 from trainables.common import ConfigError, Family, check_finite
 from trainables.images import (
     IMAGE_DEFAULTS,
+    IMAGE_SOURCES,
     SCALE_METRIC_PATTERN,
     FolderImages,
     Images,
@@ -416,6 +417,7 @@ FAMILY = Family(
     name=NAME,
     defaults=DEFAULTS,
     load_data=load_images,
+    sources=IMAGE_SOURCES,
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,
