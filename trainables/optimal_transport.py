@@ -6,7 +6,8 @@ Sinkhorn divergence (EncapNet's feedback-agreement loss, seed 004 section 3.2, e
 but on log-scalings with logsumexp, so that no kernel entry is ever formed: for any eps > 0 the
 iterates stay finite where exp(-C/eps) would underflow to 0 and the scaling form would divide
 0 by 0 (the authors add 1e-20 to the denominators instead). The result is the same P as the
-scaling form wherever that one is finite. ``grad_through_iterations=False`` detaches the plan
+scaling form wherever that one is finite. The iterations run in float64 (a B x B problem: cheap),
+since the potentials grow like |C| / eps. ``grad_through_iterations=False`` detaches the plan
 (the gradient w.r.t. C is then P itself, the envelope theorem's: Table 3 right, d2, is the
 opposite, back-propagating through the iterates).
 
@@ -42,11 +43,11 @@ def sinkhorn(
     if iterations < 1:
         raise ValueError(f"sinkhorn: iterations must be >= 1, got {iterations}")
     n, m = cost.shape
-    if log_a is None:
-        log_a = torch.full((n,), -math.log(n), dtype=cost.dtype, device=cost.device)
-    if log_b is None:
-        log_b = torch.full((m,), -math.log(m), dtype=cost.dtype, device=cost.device)
-    log_k = -cost / eps  # log of the Gibbs kernel, never exponentiated on its own
+    dtype = cost.dtype
+    c64 = cost.double()  # in float64: the potentials reach |C| / eps (5e7 at eps 1e-6), beyond float32's digits
+    log_a = torch.full((n,), -math.log(n), dtype=c64.dtype, device=cost.device) if log_a is None else log_a.double()
+    log_b = torch.full((m,), -math.log(m), dtype=c64.dtype, device=cost.device) if log_b is None else log_b.double()
+    log_k = -c64 / eps  # log of the Gibbs kernel, never exponentiated on its own
     g = log_b.clone()  # log b, the authors' start b = 1/B
     for _ in range(int(iterations)):
         f = log_a - torch.logsumexp(log_k + g[None, :], dim=1)  # log a = log(1/B) - log(K b)
@@ -54,7 +55,7 @@ def sinkhorn(
     plan = torch.exp(f[:, None] + log_k + g[None, :])
     if not grad_through_iterations:
         plan = plan.detach()
-    return (plan * cost).sum(), plan
+    return (plan * c64).sum().to(dtype), plan.to(dtype)
 
 
 def pairwise_cost(x: torch.Tensor, y: torch.Tensor, kind: str = "l2") -> torch.Tensor:
