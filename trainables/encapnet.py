@@ -783,7 +783,7 @@ FAMILY = Family(
         "model_part",
     ),
     input_shape=lambda cfg: (3, 32, 32),
-    smoke={"width": 4, "n_train": 256, "n_test": 256, "batch_size": 32, "epochs": 1, "lr_milestones": [], "lr": 1e-3},
+    smoke={"width": 4, "n_train": 128, "n_test": 128, "batch_size": 32, "epochs": 1, "lr_milestones": [], "lr": 1e-3},
     variants={
         "master_both": {**TINY, "core": "master", "skip": "both"},
         "v1_none": {**TINY, "core": "v1", "skip": "none", "sub_layers": 1},
