@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.errors import UserError
+from trainables.capsules import capsule_length, margin_loss, squash
 from trainables.common import ConfigError, Family, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
 
@@ -188,28 +189,7 @@ def box_from_params(params: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Blocks
-
-
-def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
-    """Sabour et al. (2017) eq. 1: v = s |s|^2 / (1 + |s|^2) / |s| along `dim`."""
-    sq = (s**2).sum(dim, keepdim=True)
-    return s * (sq / (1 + sq) / torch.sqrt(sq + eps))
-
-
-def capsule_length(v: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """|v| along the last dim, with a finite gradient at 0."""
-    return torch.sqrt((v**2).sum(-1) + eps)
-
-
-def margin_loss(
-    lengths: torch.Tensor, y: torch.Tensor, m_plus: float = 0.9, m_minus: float = 0.1, lam: float = 0.5
-) -> torch.Tensor:
-    """Sabour et al. (2017) eq. 4 over capsule lengths (B, K): sum over classes of
-    T_k max(0, m+ - |v_k|)^2 + lam (1 - T_k) max(0, |v_k| - m-)^2, mean over the batch."""
-    t = F.one_hot(y, lengths.shape[-1]).to(lengths.dtype)  # (B, K)
-    per_class = t * F.relu(m_plus - lengths) ** 2 + lam * (1 - t) * F.relu(lengths - m_minus) ** 2
-    return per_class.sum(-1).mean()
+# Blocks (squash, capsule_length, margin_loss: trainables/capsules.py, shared with EncapNet)
 
 
 class Backbone(nn.Module):
