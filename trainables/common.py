@@ -64,6 +64,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "threads": 1,  # torch intra-op threads per trial (the runner sets it from resources.cpu)
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PLATFORM_METRICS = ("step_time_s", "peak_mem_mb")  # reported by run_trial for every family (seconds, MiB)
 
 # Types and rules of the common keys; every other key must have the type of its family default
 # (bool, int, float, str, list; null defaults are checked by the family's `check`). Strict: no
@@ -134,7 +135,9 @@ class Family:
         """True if some config of this family reports `name` (`metrics` or `metric_patterns`)."""
         import re
 
-        return name in self.metrics or any(re.fullmatch(p, name) for p in self.metric_patterns)
+        if name in self.metrics or name in PLATFORM_METRICS:
+            return True
+        return any(re.fullmatch(p, name) for p in self.metric_patterns)
 
 
 @cache

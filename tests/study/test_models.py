@@ -47,3 +47,11 @@ def test_flops_are_torchs_count_of_a_forward() -> None:
 def test_json_needs_models(capsys) -> None:
     assert main(["validate", str(SPACES[0]), "--json"]) == 2
     assert "--json: only with --models" in capsys.readouterr().err
+
+
+def test_platform_cost_metrics_are_known_to_every_family() -> None:
+    from trainables import REGISTRY
+
+    for family in REGISTRY.values():
+        assert family.knows_metric("step_time_s") and family.knows_metric("peak_mem_mb"), family.name
+        assert not family.knows_metric("no_such_metric")
