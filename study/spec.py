@@ -139,11 +139,40 @@ class PaperResult(_Strict):
     metric: str
     value: float
     std: float | None = None
+    # the data the paper measured it on (default: the file's data.source, before any --set); a
+    # study on another source shows the row as reference only, without a reproduced verdict
+    dataset: str | None = None
+    # |ours - paper| that still counts as reproduced (default: std, else 3 points for fractions)
+    tolerance: float | None = Field(default=None, gt=0)
+
+
+class Claim(_Strict):
+    """A directional claim: group `a` has a greater (or less) `metric` than group `b`.
+
+    Groups are `where` filters on the trials (as paper rows have), both also restricted by the
+    shared `where`; with `within`, the comparison is made within each level (combination of
+    values) of those keys, e.g. per training-set size."""
+
+    label: str
+    quote: str = ""  # the paper's words
+    metric: str
+    a: dict[str, Any] = Field(min_length=1)
+    b: dict[str, Any] = Field(min_length=1)
+    direction: Literal["greater", "less"] = "greater"  # a > b | a < b
+    where: dict[str, Any] = Field(default_factory=dict)
+    within: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _two_groups(self) -> Claim:
+        if self.a == self.b:
+            raise ValueError("a and b must select different groups, but they are equal")
+        return self
 
 
 class Paper(_Strict):
     citation: str = ""
     results: list[PaperResult] = Field(default_factory=list)
+    claims: list[Claim] = Field(default_factory=list)
 
 
 class Spec(_Strict):
@@ -164,6 +193,11 @@ class Spec(_Strict):
     scheduler: Scheduler = Scheduler()
     max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
     paper: Paper = Paper()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_datasets(cls, raw: Any) -> Any:
+        return default_paper_datasets(raw)
 
     @field_validator("space", mode="before")
     @classmethod
@@ -210,6 +244,21 @@ class Spec(_Strict):
         sizes = [len(d.grid) for d in self.space.values() if isinstance(d, Grid)]
         grid = max(sizes, default=1) if self.search.grid == "cover" else math.prod(sizes)
         return grid * self.search.num_samples * len(self.seed_list)
+
+
+def default_paper_datasets(raw: Any) -> Any:
+    """`raw` with ``dataset: <data.source>`` on each ``paper.results`` row that has none (a copy;
+    anything malformed is left for validation to report)."""
+    try:
+        source, rows = raw["data"]["source"], raw["paper"]["results"]
+    except (KeyError, TypeError):
+        return raw
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return raw
+    if all(r.get("dataset") is not None for r in rows):
+        return raw
+    rows = [r if r.get("dataset") is not None else {**r, "dataset": source} for r in rows]
+    return {**raw, "paper": {**raw["paper"], "results": rows}}
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -422,12 +471,24 @@ def check_keys(spec: Spec, path: str | Path) -> None:
                 f"{path}: paper.results.{i}.metric: {family.name} reports no metric {r.metric!r}; "
                 f"known: {metrics}, params"
             )
+    for i, c in enumerate(spec.paper.claims):
+        for part in ("where", "a", "b"):
+            for key in getattr(c, part):
+                if key not in hp:
+                    raise UserError(f"{path}: paper.claims.{i}.{part}.{key}: not a config key of {family.name}")
+        for key in c.within:
+            if key not in hp:
+                raise UserError(f"{path}: paper.claims.{i}.within: {key!r} is not a config key of {family.name}")
+        if c.metric not in family.metrics:
+            raise UserError(
+                f"{path}: paper.claims.{i}.metric: {family.name} reports no metric {c.metric!r}; known: {metrics}"
+            )
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override (``--set``) and validate a spec file."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw = apply_overrides(default_paper_datasets(read_yaml(path)), overrides or [])  # datasets: the file's source
     return parse_spec(raw, path)
 
 
