@@ -257,7 +257,9 @@ def claim_summary(tests: pd.DataFrame) -> pd.DataFrame:
         first = part.iloc[0]
         rows.append(
             {
-                **{k: first[k] for k in ("claim", "label", "quote", "metric", "direction", "a", "b", "where", "within")},
+                **{
+                    k: first[k] for k in ("claim", "label", "quote", "metric", "direction", "a", "b", "where", "within")
+                },
                 "levels": levels,
                 "n_supported": n_sup,
                 "n_contradicted": n_con,

@@ -264,7 +264,11 @@ def ablation_study(
         aux = t["aux_loss"].to_numpy(bool)
         return base + effects["weight_sharing"] * ws + effects["aux_loss"] * aux + interaction * (ws & aux)
 
-    paper = {"citation": "Synthetic ablation with known effects", "results": list(paper_results), "claims": list(claims)}
+    paper = {
+        "citation": "Synthetic ablation with known effects",
+        "results": list(paper_results),
+        "claims": list(claims),
+    }
     study = _assemble(
         name,
         grid,

@@ -165,7 +165,9 @@ def test_paper_rows_on_another_dataset_are_reference_only() -> None:
     results = [row("close", 0.90, 0.01, dataset="mnist"), row("close", 0.90, 0.01, dataset="mnist-5k")]
     p = T.paper_vs_reproduced(trials, results, data_source="mnist-5k")
     ref, own = p.iloc[0], p.iloc[1]
-    assert ref["verdict"] == "reference only" and ref["in_ci"] is None and ref["mean"] == pytest.approx(0.9048, abs=1e-4)
+    assert (
+        ref["verdict"] == "reference only" and ref["in_ci"] is None and ref["mean"] == pytest.approx(0.9048, abs=1e-4)
+    )
     assert ref["note"] == "the paper measured this on mnist; this study ran on mnist-5k: shown for reference"
     # within 1 point of the paper, though the paper's 90.00% is just outside our narrow CI
     assert own["verdict"] == "reproduced within tolerance" and own["in_ci"] is False
