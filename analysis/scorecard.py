@@ -110,7 +110,7 @@ def study_scorecard(name: str, results: StudyResults, report: str = "") -> pd.Da
         )
     out = pd.DataFrame(rows, columns=SCORECARD_COLUMNS)
     for c in ("quote", "within", "where", "comparison", "note", "citation", "report"):
-        out[c] = out[c].fillna("").astype(str)
+        out[c] = [("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in out[c]]
     for c in ("levels", "n_a", "n_b"):
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
     for c in ("paper_value", "paper_std", "tolerance", "value", "ci_lo", "ci_hi", "effect_size", "p_value", "p_holm"):
