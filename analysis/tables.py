@@ -57,6 +57,7 @@ REPRODUCED, NOT_REPRODUCED, TOO_WIDE, REFERENCE, NO_TRIALS = (
     "no trials",
 )
 DEFAULT_TOLERANCE = 0.03  # 3 points, for fraction metrics whose paper row gives no std
+ANY_DATASET = "any"  # a paper row's dataset for numbers that do not depend on the data (parameter counts)
 COMPARISON_COLUMNS = [
     "factor",
     "context",
@@ -313,7 +314,7 @@ def paper_vs_reproduced(
     CIs of fraction metrics are clipped to [0, 1]. ``in_ci`` is whether the paper's value lies in
     the reproduced interval (None if no interval, or if the row is a reference). ``verdict``: see
     `paper_verdict`; a row measured on another ``dataset`` than this study's `data_source` is
-    ``reference only`` (the note says why).
+    ``reference only`` (the note says why); ``dataset: any`` rows (e.g. parameter counts) never are.
     """
     rows = []
     done = finished(trials)
@@ -331,7 +332,7 @@ def paper_vs_reproduced(
         paper = float(r["value"]) if r.get("value") is not None else math.nan
         paper_std = float(r["std"]) if r.get("std") is not None else math.nan
         dataset = str(r.get("dataset") or data_source or "")
-        reference = bool(data_source) and bool(dataset) and dataset != data_source
+        reference = bool(data_source) and dataset not in ("", ANY_DATASET, data_source)
         tolerance = paper_tolerance(metric, r.get("tolerance"), paper_std)
         in_ci = None if reference or math.isnan(lo) or math.isnan(paper) else bool(lo <= paper <= hi)
         note = f"no column {', '.join(missing)}" if missing else ("" if n else "no finished trial matches")
@@ -365,12 +366,13 @@ def paper_vs_reproduced(
 
 def paper_tolerance(metric: str, tolerance: Any = None, paper_std: float = math.nan) -> float:
     """How far from the paper's value a reproduction may be and still count as reproduced: the
-    row's ``tolerance``, else the paper's std, else 3 points for fractions (NaN otherwise)."""
+    row's ``tolerance``, else the paper's std, else 3 points for fractions, else 0 (exact, e.g.
+    parameter counts)."""
     if tolerance is not None and not pd.isna(tolerance):
         return float(tolerance)
     if not math.isnan(paper_std) and paper_std > 0:
         return float(paper_std)
-    return DEFAULT_TOLERANCE if is_fraction(metric) else math.nan
+    return DEFAULT_TOLERANCE if is_fraction(metric) else 0.0
 
 
 def paper_verdict(paper: float, lo: float, hi: float, tolerance: float, n: int) -> str:
@@ -379,7 +381,7 @@ def paper_verdict(paper: float, lo: float, hi: float, tolerance: float, n: int) 
     - ``reproduced within tolerance``: the whole CI lies inside the band;
     - ``not reproduced``: the whole CI lies outside it (on one side);
     - ``CI too wide to tell``: the CI overlaps the band's edge (more seeds would tell), or there
-      is no CI (n < 2) or no tolerance;
+      is no CI (n < 2);
     - ``no trials``: nothing matches the row.
     """
     if n == 0:
