@@ -215,7 +215,7 @@ def _paper_section(paper: str, part: pd.DataFrame) -> str:
             by_name["n a/b"],
             by_name["a − b"],
             by_name["95% CI"],
-            ("", lambda r: _bar(r, scale), False),
+            ("CI vs 0", lambda r: _bar(r, scale), False),
             by_name["Cohen's d"],
             by_name["p (Holm)"],
             by_name["Verdict"],
