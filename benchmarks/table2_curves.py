@@ -4,6 +4,10 @@ Run by hand on two finished ablation studies (e.g. the same spec before and afte
 
     .venv/bin/python benchmarks/table2_curves.py --before studies/ablation_before --after studies/digit_pairs_ablation
 
+``--before``/``--after`` take one or more study directories: an arm (weight sharing, aux loss)
+is read from the last directory that has finished trials of it (so a run of two arms can
+replace those arms of an earlier, partial run).
+
 Writes to benchmarks/results/ (or --out): ``digit_pairs_table2.json`` (mean, std, n of the final
 test accuracy per arm, beside the paper's), ``digit_pairs_table2_curves.csv`` (mean test accuracy
 per epoch, arm and run: the learning curves as a table) and ``digit_pairs_table2_curves.html``
@@ -32,10 +36,18 @@ def arm_name(sharing: bool, aux: bool) -> str:
     return f"sharing {'yes' if sharing else 'no'}, aux {'yes' if aux else 'no'}"
 
 
-def load(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    trials = pd.read_parquet(study_dir / "results" / "trials.parquet")
-    epochs = pd.read_parquet(study_dir / "results" / "epochs.parquet")
-    return trials[trials["status"] == "TERMINATED"], epochs
+def load(study_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Finished trials and their epochs; each arm from the last directory that has it."""
+    chosen: dict[tuple[bool, bool], tuple[pd.DataFrame, pd.DataFrame]] = {}
+    for d in study_dirs:
+        trials = pd.read_parquet(d / "results" / "trials.parquet")
+        epochs = pd.read_parquet(d / "results" / "epochs.parquet")
+        trials = trials[trials["status"] == "TERMINATED"]
+        for (sharing, aux), part in trials.groupby(["weight_sharing", "aux_loss"]):
+            chosen[(bool(sharing), bool(aux))] = (part, epochs[epochs["trial_id"].isin(part["trial_id"])])
+    trials = pd.concat([t for t, _ in chosen.values()], ignore_index=True)
+    epochs = pd.concat([e for _, e in chosen.values()], ignore_index=True)
+    return trials, epochs
 
 
 def finals(trials: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -55,15 +67,15 @@ def curves(trials: pd.DataFrame, epochs: pd.DataFrame, run: str) -> pd.DataFrame
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--before", type=Path, required=True)
-    p.add_argument("--after", type=Path, required=True)
+    p.add_argument("--before", type=Path, nargs="+", required=True)
+    p.add_argument("--after", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args()
     runs = {"before": load(a.before), "after": load(a.after)}
     summary = {
         "paper": {arm_name(*k): {"mean": m, "std": s} for k, (m, s) in PAPER.items()},
         **{run: finals(t) for run, (t, _) in runs.items()},
-        "studies": {"before": str(a.before), "after": str(a.after)},
+        "studies": {"before": [str(d) for d in a.before], "after": [str(d) for d in a.after]},
     }
     table = pd.concat([curves(t, e, run) for run, (t, e) in runs.items()], ignore_index=True)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +83,7 @@ def main() -> None:
     table.to_csv(a.out / "digit_pairs_table2_curves.csv", index=False, float_format="%.4f")
     fig = go.Figure()
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-    for (run, dash) in (("before", "dot"), ("after", "solid")):
+    for run, dash in (("before", "dot"), ("after", "solid")):
         for arm, color in zip([arm_name(*k) for k in ARMS], colors):
             part = table[(table["run"] == run) & (table["arm"] == arm)]
             fig.add_scatter(x=part["epoch"], y=part["mean"], name=f"{run}: {arm}", line={"dash": dash, "color": color})
