@@ -10,8 +10,9 @@ replace those arms of an earlier, partial run).
 
 Writes to benchmarks/results/ (or --out): ``digit_pairs_table2.json`` (mean, std, n of the final
 test accuracy per arm, beside the paper's), ``digit_pairs_table2_curves.csv`` (mean test accuracy
-per epoch, arm and run: the learning curves as a table) and ``digit_pairs_table2_curves.html``
-(the same curves as one self-contained Plotly page). Reads only Parquet files.
+per epoch, arm and run: the learning curves as a table) and, with ``--html``,
+``digit_pairs_table2_curves.html`` (the same curves as one self-contained Plotly page, ~5 MB: not
+kept in git). Reads only Parquet files.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--before", type=Path, nargs="+", required=True)
     p.add_argument("--after", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--html", action="store_true", help="also write the curves as a self-contained Plotly page")
     a = p.parse_args()
     runs = {"before": load(a.before), "after": load(a.after)}
     summary = {
@@ -81,6 +83,14 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "digit_pairs_table2.json").write_text(json.dumps(summary, indent=2) + "\n")
     table.to_csv(a.out / "digit_pairs_table2_curves.csv", index=False, float_format="%.4f")
+    if a.html:
+        write_figure(table, a.out / "digit_pairs_table2_curves.html")
+    print(json.dumps(summary, indent=2))
+    wide = table.pivot_table(index="epoch", columns=["run", "arm"], values="mean")
+    print(wide.round(3).to_string())
+
+
+def write_figure(table: pd.DataFrame, path: Path) -> None:
     fig = go.Figure()
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
     for run, dash in (("before", "dot"), ("after", "solid")):
@@ -91,10 +101,7 @@ def main() -> None:
         title="Digit pairs, Table 2 arms on mnist-5k: mean test accuracy per epoch (20 seeds)",
         xaxis_title="epoch", yaxis_title="test accuracy", yaxis_tickformat=".0%", template="plotly_white",
     )  # fmt: skip
-    fig.write_html(a.out / "digit_pairs_table2_curves.html", include_plotlyjs=True)
-    print(json.dumps(summary, indent=2))
-    wide = table.pivot_table(index="epoch", columns=["run", "arm"], values="mean")
-    print(wide.round(3).to_string())
+    fig.write_html(path, include_plotlyjs=True)
 
 
 if __name__ == "__main__":
