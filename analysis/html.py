@@ -24,6 +24,7 @@ from analysis.tables import config_label, format_value
 SCORECARD_LINK = "../../scorecard.html"  # from STORAGE/NAME/results/report.html to STORAGE/scorecard.html
 MAX_FAILURE_ROWS = 200  # failed/diverged trials listed in the report (all are in trials.parquet)
 MAX_ERROR_CHARS = 600  # characters of an error message shown (the full text is in trials.parquet)
+MAX_COMPANIONS = 8  # companion metrics (<metric>_<suffix>) shown beside the metric in the best table
 FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
 
 SECTIONS = (  # (id, title) in report order
@@ -433,9 +434,30 @@ def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str], *, compa
         columns = columns[: len(keys)] + [
             c for c in columns[len(keys) :] if c[0] in ("repeats", "95% CI") or "mean" in c[0]
         ]
+    else:  # the metrics named after the study's metric, each as mean and CI over the same repeats
+        columns += [
+            (f"{name} mean [95% CI]", lambda r, c=f"final_{name}", n=name: _mean_ci(r, c, n), True)
+            for name in companion_metrics(best, m)
+        ]
     if "rank" in best.columns and best["rank"].max() > 1:
         columns.insert(0, ("rank", lambda r: esc(r["rank"]), True))
     return table_html(best.to_dict("records"), columns)
+
+
+def companion_metrics(table: pd.DataFrame, metric: str, limit: int = MAX_COMPANIONS) -> list[str]:
+    """Metrics named ``<metric>_<suffix>`` with a mean in a summary-like table (e.g. for test_acc: an
+    ensemble's test_acc_member1, a multi-head net's test_acc_head1, test_acc_top5), at most `limit`."""
+    prefix, names = f"final_{metric}_", []
+    for col in table.columns:
+        if col.startswith(prefix) and col.endswith("_mean") and col != f"final_{metric}_mean":
+            if table[col].notna().any():
+                names.append(col[len("final_") : -len("_mean")])
+    return names[:limit]
+
+
+def _mean_ci(r: Mapping[str, Any], col: str, metric: str) -> str:
+    ci = fmt_ci(r.get(f"{col}_ci_lo"), r.get(f"{col}_ci_hi"), metric)
+    return fmt_metric(r.get(f"{col}_mean"), metric) + ("" if ci == "—" else f" {ci}")
 
 
 def comparisons_html(comparisons: pd.DataFrame, metric: str, total: int) -> str:

@@ -22,6 +22,7 @@ from study.errors import UserError
 # Columns of trials.parquet that are neither hyperparameters nor metrics.
 RESERVED_COLUMNS = (
     "trial_id",
+    "data_source",
     "status",
     "seed",
     "params",
@@ -93,8 +94,9 @@ def metric_names(columns: Sequence[str]) -> tuple[str, ...]:
 
 
 def default_mode(metric: str) -> str:
-    """``min`` for names containing "loss" or "error", else ``max`` (the runner's rule for best_)."""
-    return "min" if ("loss" in metric or "error" in metric) else "max"
+    """``min`` for losses, errors and costs (step time, memory), else ``max`` (the runner's rule for best_)."""
+    costs = ("loss", "error", "step_time", "peak_mem")
+    return "min" if any(c in metric for c in costs) else "max"
 
 
 def infer_hyperparameters(columns: Sequence[str]) -> tuple[str, ...]:

@@ -59,8 +59,9 @@ def write_study_outputs(study_dir: Path) -> Path:
     tables, page = build_study_report(results)
     out_dir = Path(study_dir) / "results"
     metadata = _study_json(results)
-    for name in TABLES:
-        write_parquet(tables[name], out_dir / f"{name}.parquet", metadata=metadata)
+    for name in TABLES:  # every table says which data it was measured on
+        table = tables[name].assign(data_source=results.meta.data_source)
+        write_parquet(table, out_dir / f"{name}.parquet", metadata=metadata)
     report = out_dir / "report.html"
     write_text(page, report)
     refresh_scorecard(Path(study_dir).parent)

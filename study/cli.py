@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check search-space YAML files without running them")
     v.add_argument("specs", nargs="+")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--models", action="store_true", help="list each distinct model: shaping keys, parameters, FLOPs")
+    v.add_argument("--json", action="store_true", help="with --models: print a JSON list (config, params, flops)")
     v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     ls = sub.add_parser("ls", help="list studies with trial counts by status")
@@ -113,11 +115,28 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
+    import json
+
     from study.spec import load_spec
 
+    if a.json and not a.models:
+        raise UserError("--json: only with --models")
+    listed: list[dict] = []
     for path in a.specs:
         spec = load_spec(path, a.overrides)
-        print(f"{path}: ok ({spec.trainable}, {spec.n_trials()} trials, metric {spec.metric} {spec.mode})")
+        if not a.json:
+            print(f"{path}: ok ({spec.trainable}, {spec.n_trials()} trials, metric {spec.metric} {spec.mode})")
+        if a.models:
+            from study.models import describe_models, format_models
+
+            models = describe_models(spec)
+            if a.json:
+                listed += [{"spec": str(path), **m} for m in models]
+            else:
+                print(f"  {len(models)} distinct model(s) ({spec.trainable}):")
+                print("\n".join(format_models(models)))
+    if a.json:
+        print(json.dumps(listed, indent=1))
     return 0
 
 

@@ -180,8 +180,9 @@ def write_results(study_dir: Path, spec: Spec, trials: pd.DataFrame, epochs: pd.
     out = Path(study_dir) / "results"
     out.mkdir(parents=True, exist_ok=True)
     meta = {b"study": json.dumps(study_metadata(spec, Path(study_dir))).encode()}
-    write_parquet(_mixed_to_str(trials), out / "trials.parquet", metadata=meta)
-    write_parquet(epochs, out / "epochs.parquet", metadata=meta)
+    source = {"data_source": spec.data.source}  # in every table: what the numbers were measured on
+    write_parquet(_mixed_to_str(trials.assign(**source)), out / "trials.parquet", metadata=meta)
+    write_parquet(epochs.assign(**source), out / "epochs.parquet", metadata=meta)
     return out
 
 

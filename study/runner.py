@@ -344,7 +344,7 @@ def _run_trials(spec: Spec, spec_path: str | Path, store: Store, name: str, addr
     init_ray(address)
     check_resources(spec)
     t0 = time.time()
-    data = get_family(spec.trainable).load_data(spec.data.source, spec.data.root)
+    data = get_family(spec.trainable).load_data(spec.data.source, spec.data.root, **spec.data.options)
     print(f"[study] data {spec.data.source} loaded in {time.time() - t0:.1f}s", file=out, flush=True)
     check_configs(spec, spec_path, data)  # sizes against this data, before any trial starts
     record_spec(store, name, spec, spec_path)  # only now: a study that never started is not locked to its spec

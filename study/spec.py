@@ -101,16 +101,26 @@ Domain = Annotated[
 ]
 
 
+DATA_SOURCES = ("mnist", "mnist-5k", "cifar10", "cifar100", "svhn", "imagenet", "imagenet-subset")
+
+
 class Data(BaseModel):
-    """`source` picks the loader; `root` the download cache; other keys are trainable config keys."""
+    """`source` picks the loader; `root` the download cache (or, for imagenet, your copy);
+    `classes_file` the class list of imagenet-subset; other keys are trainable config keys."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    source: Literal["mnist", "mnist-5k"]
+    source: Literal[DATA_SOURCES]
     root: str | None = None
+    classes_file: str | None = None
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Loader keyword options beyond source and root (only those set)."""
+        return {"classes_file": self.classes_file} if self.classes_file else {}
 
 
 class Resources(_Strict):
@@ -450,6 +460,10 @@ def check_keys(spec: Spec, path: str | Path) -> None:
         raise UserError(
             f"{path}: trainable: unknown trainable {spec.trainable!r}; known: {', '.join(sorted(REGISTRY))}"
         )
+    if family.sources is not None and spec.data.source not in family.sources:
+        raise UserError(
+            f"{path}: data.source: {family.name} reads {', '.join(family.sources)}, not {spec.data.source!r}"
+        )
     known = family.all_defaults
     for section, keys in (("data", spec.data.config), ("fixed", spec.fixed), ("space", spec.space)):
         for key in keys:
@@ -458,15 +472,15 @@ def check_keys(spec: Spec, path: str | Path) -> None:
                     f"{path}: {section}.{key}: unknown config key for trainable {family.name}; "
                     f"known: {', '.join(sorted(known))}"
                 )
-    metrics = ", ".join(family.metrics)
-    if spec.metric not in family.metrics:
+    metrics = ", ".join(family.metrics + tuple(f"/{p}/" for p in family.metric_patterns))
+    if not family.knows_metric(spec.metric):
         raise UserError(f"{path}: metric: {family.name} reports no metric {spec.metric!r}; known: {metrics}")
     hp = set(known) | {"seed"}
     for i, r in enumerate(spec.paper.results):
         for key in r.where:
             if key not in hp:
                 raise UserError(f"{path}: paper.results.{i}.where.{key}: not a config key of {family.name}")
-        if r.metric not in (*family.metrics, "params"):  # params: every trial reports its parameter count
+        if r.metric != "params" and not family.knows_metric(r.metric):  # params: every trial reports it
             raise UserError(
                 f"{path}: paper.results.{i}.metric: {family.name} reports no metric {r.metric!r}; "
                 f"known: {metrics}, params"

@@ -4,7 +4,7 @@ A study family (one module in ``trainables/``) provides a `Family`:
 
 - ``defaults``: every config key it understands, with its default (units in comments there).
   Together with `COMMON_DEFAULTS` this is the whole config; an unknown key is an error.
-- ``load_data(source, root)``: the study's raw data, loaded once in the driver and shipped to
+- ``load_data(source, root)``: the study's raw data (``sources``: the names it reads), loaded once in the driver and shipped to
   trials through the object store (``tune.with_parameters``). Never through the config.
 - ``prepare(config, data)``: per-trial tensors derived deterministically from the config
   (pairs, transforms, subsets). Returns any object ``train_epoch``/``evaluate`` understand.
@@ -12,15 +12,23 @@ A study family (one module in ``trainables/``) provides a `Family`:
 - ``train_epoch(model, optimizer, trial_data, config, generator, device)``: one epoch; returns
   metrics (at least ``train_loss``); calls `check_finite` on each loss so a diverging trial
   raises `Diverged`.
-- ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...).
+- ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...); the config
+  holds ``__epoch__``, the epoch just trained (1-based), for metrics computed only at the end.
 - ``check(config, data)`` (optional): cheap validation of one config, before any trial starts
   (``data`` is None in ``study validate``); raises `UserError` (`ConfigError` for one key's rule).
 - ``metrics``: the name of every metric ``train_epoch``/``evaluate`` can report (a spec's
-  ``metric`` and its ``paper:`` rows must name one of them; the contract test checks the list).
+  ``metric`` and its ``paper:`` rows must name one of them; the contract test checks the list);
+  ``metric_patterns``: regular expressions for names that depend on the config (the image
+  families' ``test_acc_scale_<factor>``).
+- ``model_keys`` and ``input_shape(config)``: the config keys that shape the model, and one
+  example's input shape, for ``study validate --models`` (parameter and FLOP counts, no data).
 
 `run_trial` is the Ray Tune function trainable: it seeds, builds, resumes from
 ``tune.get_checkpoint()``, and every epoch reports metrics (plus ``epoch``, ``params``, ``lr``,
-``diverged``) with a ``tune.Checkpoint``. A diverging trial reports its last finite metrics
+``diverged``, and the platform's cost metrics ``step_time_s``: mean wall time of one optimiser
+step in the epoch's training pass, and ``peak_mem_mb``: peak memory of the trial so far, CUDA's
+max allocated on a GPU, the process's resident-set high-water mark on a CPU) with a
+``tune.Checkpoint``. A diverging trial reports its last finite metrics
 with ``diverged=1`` and stops; the study goes on. Metric names shared across studies:
 ``train_loss``, ``test_loss``, ``test_acc``, ``epoch``, ``params``.
 """
@@ -103,7 +111,7 @@ class Family:
 
     name: str
     defaults: Mapping[str, Any]
-    load_data: Callable[[str, str | None], Any]
+    load_data: Callable[..., Any]  # load_data(source, root, **options); options: data.classes_file if set
     prepare: Callable[[dict, Any], Any]
     build: Callable[[dict], nn.Module]
     train_epoch: Callable[..., dict]
@@ -113,10 +121,20 @@ class Family:
     smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
     doc: str = ""
+    sources: tuple[str, ...] | None = None  # data.source values `load_data` reads (None: every source)
+    metric_patterns: tuple[str, ...] = ()  # regexes of config-dependent metric names (test_acc_scale_0.5)
+    model_keys: tuple[str, ...] = ()  # config keys that shape the model (`study validate --models`)
+    input_shape: Callable[[dict], tuple[int, ...]] | None = None  # one example's input shape, e.g. (3, 32, 32)
 
     @property
     def all_defaults(self) -> dict[str, Any]:
         return {**COMMON_DEFAULTS, **self.defaults}
+
+    def knows_metric(self, name: str) -> bool:
+        """True if some config of this family reports `name` (`metrics` or `metric_patterns`)."""
+        import re
+
+        return name in self.metrics or any(re.fullmatch(p, name) for p in self.metric_patterns)
 
 
 @cache
@@ -176,6 +194,64 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None) 
     return list(order.split(int(batch_size)))
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement (`peak_memory_mb`) for this trial."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the resident-set high-water mark (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since `reset_peak_memory`: CUDA max allocated on a GPU, else the process's peak
+    resident set (VmHWM; getrusage's lifetime peak where /proc is missing), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepTimer:
+    """Mean wall time of an optimiser step over one training pass: counts ``optimizer.step`` calls
+    (a post-step hook) and divides the pass's wall time (CUDA synchronised) by them."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        self.steps, self.device = 0, device
+        self._handle = optimizer.register_step_post_hook(self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.steps += 1
+
+    def __enter__(self) -> StepTimer:
+        import time
+
+        self.steps, self._t0 = 0, time.perf_counter()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - self._t0
+
+    @property
+    def step_time_s(self) -> float:
+        return self.seconds / self.steps if self.steps else math.nan
+
+
 def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int] | None = None) -> None:
     """Ray Tune function trainable implementing the contract (see module docstring).
 
@@ -193,10 +269,14 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
+    reset_peak_memory(device)
     trial_data = family.prepare(cfg, data)
+    if cfg.get("num_classes") == 0 and getattr(trial_data, "num_classes", None):  # 0: the data's own
+        cfg["num_classes"] = int(trial_data.num_classes)
     model = family.build(cfg).to(device)
     params = count_params(model)
     optimizer = make_optimizer(model, cfg)
+    timer = StepTimer(optimizer, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[int(m) for m in cfg["lr_milestones"]], gamma=float(cfg["lr_gamma"])
     )
@@ -222,7 +302,8 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         diverged = {**last_finite, "epoch": epoch - 1, "params": params, "lr": lr, "diverged": 1}
         model.train()
         try:
-            train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
+            with timer:
+                train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
             check_finite(torch.tensor(float(train_metrics["train_loss"])))
         except Diverged as e:
             tune.report({**diverged, "error": str(e)})
@@ -230,8 +311,11 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         scheduler.step()
         model.eval()
         with torch.no_grad():
-            eval_metrics = family.evaluate(model, trial_data, cfg, device)
-        metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics}
+            eval_metrics = family.evaluate(model, trial_data, {**cfg, "__epoch__": epoch}, device)
+        cost = {"step_time_s": timer.step_time_s, "peak_mem_mb": peak_memory_mb(device)}
+        if not math.isfinite(cost["step_time_s"]):  # an epoch without an optimiser step
+            del cost["step_time_s"]
+        metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics, **cost}
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
             tune.report({**diverged, "error": "non-finite metric"})

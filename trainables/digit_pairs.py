@@ -440,6 +440,7 @@ FAMILY = Family(
     name="digit_pairs",
     defaults=DEFAULTS,
     load_data=load_mnist,
+    sources=("mnist", "mnist-5k"),
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,
@@ -448,5 +449,7 @@ FAMILY = Family(
     metrics=("train_loss", "train_acc", "test_loss", "test_acc", "test_digit_acc"),
     smoke={"n_train": 200, "n_test": 200, "epochs": 1},
     variants=VARIANTS,
+    model_keys=("arch", "weight_sharing"),
+    input_shape=lambda cfg: (2, 14, 14),
     doc="Digit-pair comparison (EE-559 project 1): FconnNet, ConvNet, parallelConv, Siamese; aux loss, weight sharing.",
 )

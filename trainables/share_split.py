@@ -524,6 +524,7 @@ FAMILY = Family(
     name="share_split",
     defaults=DEFAULTS,
     load_data=load_mnist,
+    sources=("mnist", "mnist-5k"),
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,
@@ -535,6 +536,8 @@ FAMILY = Family(
         for name in ("loss", "acc", "cls_loss", "box_loss", "recon_loss", *(("iou",) if split == "test" else ()))
     ),
     smoke={"train_images": 128, "copies": 1, "test_images": 128, "epochs": 1, "lr_milestones": []},
+    model_keys=("head", "features", "conv_channels", "task", "recon_weight", "recon_size"),
+    input_shape=lambda cfg: (1, CANVAS, CANVAS),
     variants={
         "share_cls": {"head": "share", "features": 40, "task": "cls"},
         "share_cls_box": {"head": "share", "features": 40, "task": "cls_box"},

@@ -42,6 +42,10 @@ def test_tiny_study_writes_both_tables(ray_local, tmp_path: Path) -> None:
     assert trials["error"].isna().all() and (trials["epochs_done"] == 2).all()
 
     assert len(epochs) == 16 and set(epochs["epoch"]) == {1, 2}
+    # the platform's cost metrics, for every trial and epoch; the data source in every table
+    assert (epochs["step_time_s"] > 0).all() and (epochs["peak_mem_mb"] > 10).all()
+    assert (trials["final_step_time_s"] > 0).all() and set(trials["data_source"]) == {"mnist-5k"}
+    assert set(epochs["data_source"]) == {"mnist-5k"}
     assert epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == [1, 2]).all()
     last = epochs[epochs["epoch"] == 2].set_index("trial_id")["test_acc"]
     assert (trials.set_index("trial_id")["final_test_acc"] == last.loc[trials["trial_id"]].values).all()

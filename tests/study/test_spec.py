@@ -101,7 +101,7 @@ BAD = [
     (
         "bad source",
         with_(data__source="cifar"),
-        "s.yaml: data.source: Input should be 'mnist' or 'mnist-5k' (got 'cifar')",
+        "s.yaml: data.source: Input should be 'mnist', 'mnist-5k', 'cifar10', 'cifar100', 'svhn', 'imagenet' or 'imagenet-subset' (got 'cifar')",
     ),
     (
         "unknown fixed key",
