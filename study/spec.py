@@ -550,7 +550,8 @@ def _unfit_grid_values(raw: dict[str, Any], seed: int) -> dict[str, list[Any]]:
     if family is None or family.check is None or not grids:
         return {}
     data = family.load_data(raw["data"]["source"], raw["data"].get("root"))
-    base = {**{k: v for k, v in raw["data"].items() if k not in ("source", "root")}, **raw["fixed"], "seed": seed}
+    data_keys = {k: v for k, v in raw["data"].items() if k not in Data.model_fields}  # trainable keys only
+    base = {**data_keys, **raw["fixed"], "seed": seed}
     first = {k: v[0] for k, v in grids.items()}
     dropped: dict[str, list[Any]] = {}
     for key, values in grids.items():

@@ -40,7 +40,10 @@ def test_smoke_covers_every_grid_value(path: Path) -> None:
     assert {c["seed"] for c in configs} == {spec.seed_list[0]} and all(c["epochs"] == 1 for c in configs)
     longest = max((len(d.grid) for k, d in smoke.space.items() if k in smoke.grid_axes), default=1)
     assert len(configs) == longest * smoke.search.num_samples  # a covering set, not the product
-    data = None
+    data = family.load_data(smoke.data.source, smoke.data.root)
+    if family.check is not None:  # every smoke config runs on the bundled sample (sizes included)
+        for c in configs:
+            family.check(resolve_config(family, c), data)
     for key in spec.grid_axes:
         if key == "epochs":  # a smoke run is one epoch by definition
             continue
@@ -49,7 +52,6 @@ def test_smoke_covers_every_grid_value(path: Path) -> None:
             if value in ran:
                 continue
             # only values the bundled sample cannot hold may be left out, and the smoke spec says so
-            data = data or family.load_data(smoke.data.source, smoke.data.root)
             with pytest.raises(UserError):
                 family.check(resolve_config(family, {**configs[0], key: value}), data)
             assert f"{key}: " in smoke.description and str(value) in smoke.description
