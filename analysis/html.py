@@ -21,6 +21,7 @@ from analysis.load import STATUSES, UNFINISHED, StudyMeta
 from analysis.plots import FigureItem, is_fraction
 from analysis.tables import config_label, format_value
 
+SCORECARD_LINK = "../../scorecard.html"  # from STORAGE/NAME/results/report.html to STORAGE/scorecard.html
 MAX_FAILURE_ROWS = 200  # failed/diverged trials listed in the report (all are in trials.parquet)
 MAX_ERROR_CHARS = 600  # characters of an error message shown (the full text is in trials.parquet)
 MAX_COMPANIONS = 8  # companion metrics (<metric>_<suffix>) shown beside the metric in the best table
@@ -28,6 +29,7 @@ FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
 
 SECTIONS = (  # (id, title) in report order
     ("paper", "Paper vs reproduced"),
+    ("claims", "Claims"),
     ("best", "Best configurations"),
     ("comparisons", "Paired comparisons"),
     ("effects", "Effect of each searched hyperparameter"),
@@ -73,6 +75,10 @@ code.err { white-space: pre-wrap; word-break: break-word; font-size: 12px; }
 .side > div { flex: 1 0 460px; min-width: 460px; }
 .scroll { overflow-x: auto; }
 footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
+.verdict { display: inline-block; padding: 1px 8px; border-radius: 10px; white-space: nowrap; font-weight: 600; }
+.verdict.good { color: var(--ok); background: #dff2e5; } .verdict.bad { color: var(--bad); background: #f9d3d1; }
+.verdict.open { color: var(--warn); background: #fff0d6; } .verdict.ref { color: var(--muted); background: #e9edf2; }
+.quote { font-style: italic; color: var(--muted); }
 """
 
 
@@ -249,6 +255,42 @@ def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, section
     )
 
 
+VERDICT_CLASS = {
+    "supported": "good",
+    "reproduced within tolerance": "good",
+    "contradicted": "bad",
+    "not reproduced": "bad",
+    "inconclusive": "open",
+    "CI too wide to tell": "open",
+    "reference only": "ref",
+    "no trials": "ref",
+}
+
+
+def verdict_html(verdict: Any, title: str = "") -> str:
+    """A verdict as a coloured pill (`title`: hover text)."""
+    v = "" if verdict is None or (isinstance(verdict, float) and math.isnan(verdict)) else str(verdict)
+    if not v:
+        return "—"
+    hover = f' title="{esc(title)}"' if title else ""
+    return f'<span class="verdict {VERDICT_CLASS.get(v, "open")}"{hover}>{esc(v)}</span>'
+
+
+def _paper_verdict(r: Mapping[str, Any]) -> str:
+    """The verdict of a paper row, with its tolerance (hover: the rule)."""
+    verdict = r.get("verdict")
+    if verdict is None or pd.isna(verdict):
+        return "—"
+    tol = r.get("tolerance")
+    shown = (
+        ""
+        if tol is None or pd.isna(tol) or verdict in ("reference only", "no trials")
+        else (f' <span class="note">(± {fmt_diff(tol, r["metric"]).lstrip("+")})</span>')
+    )
+    rule = "reproduced: the whole 95% CI within paper ± tolerance; not reproduced: wholly outside; else too wide"
+    return verdict_html(verdict, rule) + shown
+
+
 def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
     """Paper vs reproduced table (`compact`: result, paper, mean, CI, in CI only)."""
     if paper.empty:
@@ -274,10 +316,12 @@ def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
         ("n", lambda r: esc(r["n"]), True),
         ("Reproduced − paper", lambda r: fmt_diff(r["diff"], r["metric"]), True),
         ("Paper in CI", in_ci, False),
+        ("Verdict", _paper_verdict, False),
+        ("Measured on", lambda r: esc(r.get("dataset", "")) or "—", False),
         ("Note", lambda r: esc(r["note"]), False),
     ]
     if compact:
-        columns = [c for c in columns if c[0] in ("Result", "Paper", "Reproduced mean", "95% CI", "Paper in CI")]
+        columns = [c for c in columns if c[0] in ("Result", "Paper", "Reproduced mean", "95% CI", "Verdict")]
     matched = paper["n"].fillna(0) > 0
     html = table_html(paper[matched].to_dict("records"), columns) if matched.any() else ""
     if not matched.all():  # numbers of configurations this study did not run: out of the way, not hidden
@@ -286,7 +330,86 @@ def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
             f"<details><summary>{int((~matched).sum())} paper number(s) with no finished trial "
             f"in this study</summary>{rest}</details>"
         )
-    return html
+    if compact:
+        return html
+    reference = paper[paper["verdict"] == "reference only"] if "verdict" in paper.columns else paper.iloc[0:0]
+    if len(reference):
+        sources = ", ".join(sorted({str(d) for d in reference["dataset"]}))
+        html += (
+            f'<p class="note"><b>Reference only</b>: {len(reference)} number(s) were measured on {esc(sources)}, '
+            "not on this study's data source, so they get no reproduced verdict (and no paper-in-CI mark): "
+            "a number only reproduces on the data it was measured on.</p>"
+        )
+    return html + (
+        '<p class="note">Verdict: <i>reproduced within tolerance</i> when the whole 95% CI lies within the '
+        "paper's value ± the tolerance (the row's <code>tolerance</code>, else the paper's std, else 3 points); "
+        "<i>not reproduced</i> when it lies wholly outside; <i>CI too wide to tell</i> otherwise (more seeds "
+        "would tell). CIs of accuracies are clipped to [0, 100%].</p>"
+    )
+
+
+def claims_html(claims: pd.DataFrame, *, scorecard: str | None = None) -> str:
+    """The study's claims: one row per claim (its verdict over levels), levels in a fold below."""
+    from analysis.claims import claim_summary
+
+    if claims.empty:
+        return (
+            '<p class="note">The spec has no <code>paper.claims</code>: add the paper\'s directional claims '
+            "(group <code>a</code> vs group <code>b</code> on a metric) to test them here.</p>"
+        )
+    summary = claim_summary(claims)
+    columns = claim_columns()
+    html = table_html(summary.to_dict("records"), columns)
+    multi = claims[claims.groupby("claim")["claim"].transform("size") > 1]
+    if len(multi):
+        level_columns = [c for c in columns if c[0] not in ("Claim", "Levels")]
+        level_columns.insert(0, ("Claim / level", lambda r: f"{esc(r['label'])}<br><b>{esc(r['level'])}</b>", False))
+        html += (
+            f"<details><summary>Every level of the claims tested within levels ({len(multi)} tests)</summary>"
+            f"{table_html(multi.to_dict('records'), level_columns)}</details>"
+        )
+    link = f' Every study in this storage: <a href="{esc(scorecard)}">scorecard</a>.' if scorecard else ""
+    return html + (
+        '<p class="note">Each claim compares group a with group b on the final metric (per seed, the mean over '
+        "the group's configurations): difference a − b, its 95% CI (Welch), Cohen's d, Welch's p and Holm's "
+        f"correction over the {len(claims)} test(s) of this study. <i>supported</i>: significant after "
+        "correction in the claimed direction; <i>contradicted</i>: in the other; <i>inconclusive</i> otherwise "
+        f"(the note says why). A claim tested within levels is supported only if every level is.{link}</p>"
+    )
+
+
+def claim_columns() -> list[Column]:
+    """Columns of a claims table (summary rows of `analysis.claims.claim_summary`, or test rows)."""
+
+    def claim(r: Mapping[str, Any]) -> str:
+        quote = f'<div class="quote">“{esc(r["quote"])}”</div>' if r.get("quote") else ""
+        return f"<b>{esc(r['label'])}</b>{quote}"
+
+    def groups(r: Mapping[str, Any]) -> str:
+        sign = "&gt;" if r["direction"] == "greater" else "&lt;"
+        where = f"<br>where {esc(r['where'])}" if r.get("where") else ""
+        within = f"<br>within each {esc(r['within'])}" if r.get("within") else ""
+        return f"{esc(r['a'])} {sign} {esc(r['b'])}{where}{within}"
+
+    def ci(r: Mapping[str, Any]) -> str:
+        if pd.isna(r["ci_lo"]):
+            return "—"
+        return f"[{fmt_diff(r['ci_lo'], r['metric'])}, {fmt_diff(r['ci_hi'], r['metric'])}]"
+
+    return [
+        ("Claim", claim, False),
+        ("Metric", lambda r: esc(r["metric"]), False),
+        ("a vs b", groups, False),
+        ("Levels", lambda r: esc(r.get("levels", 1)), True),
+        ("n a/b", lambda r: f"{int(r['n_a'])}/{int(r['n_b'])}", True),
+        ("a − b", lambda r: f"<b>{fmt_diff(r['diff'], r['metric'])}</b>", True),
+        ("95% CI", ci, True),
+        ("Cohen's d", lambda r: "—" if pd.isna(r["effect_size"]) else f"{float(r['effect_size']):+.2f}", True),
+        ("p", lambda r: fmt_p(r["p_value"]), True),
+        ("p (Holm)", lambda r: fmt_p(r["p_holm"]), True),
+        ("Verdict", lambda r: verdict_html(r["verdict"]), False),
+        ("Note", lambda r: esc(r["note"]), False),
+    ]
 
 
 def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str], *, compact: bool = False) -> str:
@@ -410,8 +533,9 @@ def study_report_html(
     report_comparisons: pd.DataFrame,
     epochs_rows: int,
     generated: _dt.datetime | None = None,
+    scorecard: str | None = SCORECARD_LINK,
 ) -> str:
-    """The whole study report."""
+    """The whole study report (`scorecard`: relative link to the storage's scorecard page)."""
     trials = tables["trials"]
     by_section: dict[str, list[FigureItem]] = {}
     for item in figures:
@@ -420,6 +544,7 @@ def study_report_html(
     empty = '<p class="note">No data for this plot yet (no finished trial).</p>'
     bodies = {
         "paper": paper_html(tables["paper"]),
+        "claims": claims_html(tables.get("claims", pd.DataFrame()), scorecard=scorecard),
         "best": best_html(tables["best"], meta, groups_first)
         + '<p class="note">Ranked by the mean over repeats of the final '
         f"{esc(meta.metric)}; one row per level of the categorical searched hyperparameters.</p>",
@@ -439,9 +564,12 @@ def study_report_html(
         f"<footer>Generated {stamp} from results/trials.parquet ({len(trials)} trials) and "
         f"results/epochs.parquet ({epochs_rows} rows). Tables: results/summary.parquet and friends.</footer>"
     )
-    return page(
-        f"{meta.name} — study report", header_html(meta, trials, epochs_rows, order) + f"<main>{main}</main>" + footer
-    )
+    header = header_html(meta, trials, epochs_rows, order)
+    if scorecard:  # the nav line ends with the link to the scorecard of every study in the storage
+        header = header.replace(
+            "</nav></header>", f'<a href="{esc(scorecard)}">Scorecard (all studies)</a></nav></header>'
+        )
+    return page(f"{meta.name} — study report", header + f"<main>{main}</main>" + footer)
 
 
 def _best_keys(best: pd.DataFrame, meta: StudyMeta) -> list[str]:
@@ -532,7 +660,8 @@ def merged_paper_html(studies: Sequence[tuple[str, StudyMeta, Mapping[str, pd.Da
                 if r["in_ci"] is None
                 else (" <span class=yes>✓</span>" if r["in_ci"] else " <span class=no>✗</span>")
             )
-            return f"{fmt_metric(r['mean'], r['metric'])} {fmt_ci(r['ci_lo'], r['ci_hi'], r['metric'])}{mark}"
+            verdict = f"<br>{verdict_html(r['verdict'])}" if r.get("verdict") else ""
+            return f"{fmt_metric(r['mean'], r['metric'])} {fmt_ci(r['ci_lo'], r['ci_hi'], r['metric'])}{mark}{verdict}"
 
         return fn
 

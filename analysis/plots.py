@@ -37,6 +37,7 @@ from analysis.tables import (
     format_value,
     is_categorical,
     is_continuous,
+    is_fraction,
     levels,
     marginal,
     profile,
@@ -64,11 +65,6 @@ class FigureItem:
 def text(value: Any) -> str:
     """A value as display text, HTML-escaped for Plotly's pseudo-HTML labels."""
     return html.escape(format_value(value) if not isinstance(value, str) else value)
-
-
-def is_fraction(metric: str) -> bool:
-    """Accuracies and IoUs are fractions (0-1) shown as percentages."""
-    return "acc" in metric or "iou" in metric
 
 
 def metric_title(metric_col: str) -> str:

@@ -8,6 +8,9 @@ Entry points for the CLI:
   ``results/report.html``. Works on a running or partly failed study and says so in the header.
 - `write_comparison(study_dirs, out)` (``study compare A B ...``): one HTML page with the
   studies' best configurations and paper tables side by side.
+- `write_scorecard(study_dirs, out)` (``study scorecard``, and refreshed for the storage by
+  `write_study_outputs`): ``scorecard.html`` and ``scorecard.parquet`` (next to it) over every
+  study: each paper's claims and numbers with their verdicts (see `analysis.scorecard`).
 
 Every file is written to a temporary file in the same directory, then moved into place with
 ``os.replace``, so a reader never sees half a file.
@@ -30,7 +33,8 @@ from analysis.load import StudyResults, load_study
 from analysis.plots import FigureItem, best_comparison_figure, study_figures
 from analysis.tables import best_configs, focus_comparisons, study_tables
 
-TABLES = ("summary", "best", "comparisons", "paper", "importance", "curves")  # written as results/<name>.parquet
+# written as results/<name>.parquet
+TABLES = ("summary", "best", "comparisons", "paper", "claims", "importance", "curves")
 
 
 def build_study_report(results: StudyResults) -> tuple[dict[str, pd.DataFrame], str]:
@@ -60,7 +64,52 @@ def write_study_outputs(study_dir: Path) -> Path:
         write_parquet(table, out_dir / f"{name}.parquet", metadata=metadata)
     report = out_dir / "report.html"
     write_text(page, report)
+    refresh_scorecard(Path(study_dir).parent)
     return report
+
+
+SCORECARD_FILE, SCORECARD_TABLE = "scorecard.html", "scorecard.parquet"
+
+
+def storage_studies(storage: Path) -> list[Path]:
+    """Study directories under a local storage root (those with a ``spec.yaml``)."""
+    return sorted(p.parent for p in Path(storage).glob("*/spec.yaml"))
+
+
+def write_scorecard(study_dirs: Sequence[Path], out: Path, *, storage: str = "") -> tuple[Path, Path]:
+    """Write the scorecard page `out` and ``scorecard.parquet`` beside it over `study_dirs`.
+
+    Studies without results yet, or whose results cannot be read, are listed as left out. Each
+    row links to its study's ``results/report.html`` relative to `out`. Returns both paths.
+    """
+    from analysis.scorecard import scorecard_html, scorecard_table, study_scorecard
+
+    out = Path(out)
+    parts, skipped, loaded = [], [], []
+    for d in study_dirs:
+        try:
+            loaded.append((Path(d), load_study(Path(d))))
+        except Exception:  # no results yet, or a broken study: left out and named, never fatal
+            skipped.append(Path(d).name)
+    for name, (d, results) in zip(_unique_names([r for _, r in loaded]), loaded):
+        report = d / "results" / "report.html"
+        link = os.path.relpath(report, out.parent) if report.is_file() else ""
+        parts.append(study_scorecard(name, results, link.replace(os.sep, "/")))
+    table = scorecard_table(parts)
+    html = scorecard_html(table, storage=storage, skipped=skipped)
+    parquet = out.parent / SCORECARD_TABLE
+    write_parquet(table, parquet)
+    write_text(html, out)
+    return out, parquet
+
+
+def refresh_scorecard(storage: Path) -> Path | None:
+    """Rebuild ``storage/scorecard.html`` (linked from every report) over the storage's studies;
+    best effort: a failure here never fails the report it follows."""
+    try:
+        return write_scorecard(storage_studies(storage), Path(storage) / SCORECARD_FILE, storage=str(storage))[0]
+    except Exception:
+        return None
 
 
 def write_comparison(study_dirs: Sequence[Path], out: Path) -> Path:

@@ -43,8 +43,21 @@ PAPER_COLUMNS = [
     "ci_hi",
     "diff",
     "in_ci",
+    "dataset",
+    "tolerance",
+    "verdict",
     "note",
 ]
+# verdicts of a paper number (see `paper_verdict`)
+REPRODUCED, NOT_REPRODUCED, TOO_WIDE, REFERENCE, NO_TRIALS = (
+    "reproduced within tolerance",
+    "not reproduced",
+    "CI too wide to tell",
+    "reference only",
+    "no trials",
+)
+DEFAULT_TOLERANCE = 0.03  # 3 points, for fraction metrics whose paper row gives no std
+ANY_DATASET = "any"  # a paper row's dataset for numbers that do not depend on the data (parameter counts)
 COMPARISON_COLUMNS = [
     "factor",
     "context",
@@ -75,6 +88,21 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
 def metric_columns(trials: pd.DataFrame) -> list[str]:
     """Numeric ``final_*`` and ``best_*`` columns."""
     return [c for c in trials.columns if c.startswith(("final_", "best_")) and is_numeric_dtype(trials[c])]
+
+
+def is_fraction(metric: str) -> bool:
+    """Accuracies and IoUs are fractions (0-1), shown as percentages, their intervals kept in [0, 1]."""
+    return "acc" in metric or "iou" in metric
+
+
+def clip_fraction(lo: Any, hi: Any, column: str, values: Any) -> tuple[Any, Any]:
+    """An interval of a fraction `column` clipped to [0, 1] (when its `values` lie in [0, 1]):
+    a mean of accuracies cannot leave [0, 100%] whatever the t-interval says."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if is_fraction(column) and v.size and v.min() >= 0 and v.max() <= 1:
+        return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+    return lo, hi
 
 
 def is_categorical(values: pd.Series) -> bool:
@@ -167,6 +195,7 @@ def _describe(values: pd.DataFrame, by: str | list[str], columns: Sequence[str],
     parts = {}
     for c in columns:
         sem, lo, hi = t_interval(mean[c], std[c], count[c], confidence)
+        lo, hi = clip_fraction(lo, hi, c, values[c])
         parts.update(
             {
                 f"{c}_n": count[c].astype(int),
@@ -271,14 +300,21 @@ def select(trials: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def paper_vs_reproduced(
-    trials: pd.DataFrame, results: Sequence[Mapping[str, Any]], *, confidence: float = CONFIDENCE
+    trials: pd.DataFrame,
+    results: Sequence[Mapping[str, Any]],
+    *,
+    data_source: str | None = None,
+    confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:
-    """Each number of the spec's ``paper.results`` beside the reproduced mean and CI.
+    """Each number of the spec's ``paper.results`` beside the reproduced mean and CI, with a verdict.
 
-    A result ``{label, where, metric, value, std}`` is matched to the finished trials whose
-    hyperparameters equal all of ``where``; their ``final_<metric>`` values are aggregated (or the
-    ``<metric>`` column itself for per-trial quantities such as ``params``).
-    ``in_ci`` is whether the paper's value lies in the reproduced interval (None if no interval).
+    A result ``{label, where, metric, value, std, dataset, tolerance}`` is matched to the finished
+    trials whose hyperparameters equal all of ``where``; their ``final_<metric>`` values are
+    aggregated (or the ``<metric>`` column itself for per-trial quantities such as ``params``).
+    CIs of fraction metrics are clipped to [0, 1]. ``in_ci`` is whether the paper's value lies in
+    the reproduced interval (None if no interval, or if the row is a reference). ``verdict``: see
+    `paper_verdict`; a row measured on another ``dataset`` than this study's `data_source` is
+    ``reference only`` (the note says why); ``dataset: any`` rows (e.g. parameter counts) never are.
     """
     rows = []
     done = finished(trials)
@@ -292,26 +328,71 @@ def paper_vs_reproduced(
         mean = float(values.mean()) if n else math.nan
         std = float(values.std(ddof=1)) if n >= 2 else math.nan
         _, lo, hi = t_interval(mean, std, n, confidence)
+        lo, hi = (float(x) for x in clip_fraction(lo, hi, metric, values))
         paper = float(r["value"]) if r.get("value") is not None else math.nan
-        in_ci = None if math.isnan(float(lo)) or math.isnan(paper) else bool(lo <= paper <= hi)
+        paper_std = float(r["std"]) if r.get("std") is not None else math.nan
+        dataset = str(r.get("dataset") or data_source or "")
+        reference = bool(data_source) and dataset not in ("", ANY_DATASET, data_source)
+        tolerance = paper_tolerance(metric, r.get("tolerance"), paper_std)
+        in_ci = None if reference or math.isnan(lo) or math.isnan(paper) else bool(lo <= paper <= hi)
+        note = f"no column {', '.join(missing)}" if missing else ("" if n else "no finished trial matches")
+        if reference:
+            verdict = REFERENCE
+            note = f"the paper measured this on {dataset}; this study ran on {data_source}: shown for reference"
+        else:
+            verdict = paper_verdict(paper, lo, hi, tolerance, n)
         rows.append(
             {
                 "label": str(r.get("label", "")),
                 "metric": metric,
                 "where": config_label(where, list(where)),
                 "paper_value": paper,
-                "paper_std": float(r["std"]) if r.get("std") is not None else math.nan,
+                "paper_std": paper_std,
                 "n": n,
                 "mean": mean,
                 "std": std,
-                "ci_lo": float(lo),
-                "ci_hi": float(hi),
+                "ci_lo": lo,
+                "ci_hi": hi,
                 "diff": mean - paper,
                 "in_ci": in_ci,
-                "note": f"no column {', '.join(missing)}" if missing else ("" if n else "no finished trial matches"),
+                "dataset": dataset,
+                "tolerance": tolerance,
+                "verdict": verdict,
+                "note": note,
             }
         )
     return pd.DataFrame(rows, columns=PAPER_COLUMNS)
+
+
+def paper_tolerance(metric: str, tolerance: Any = None, paper_std: float = math.nan) -> float:
+    """How far from the paper's value a reproduction may be and still count as reproduced: the
+    row's ``tolerance``, else the paper's std, else 3 points for fractions, else 0 (exact, e.g.
+    parameter counts)."""
+    if tolerance is not None and not pd.isna(tolerance):
+        return float(tolerance)
+    if not math.isnan(paper_std) and paper_std > 0:
+        return float(paper_std)
+    return DEFAULT_TOLERANCE if is_fraction(metric) else 0.0
+
+
+def paper_verdict(paper: float, lo: float, hi: float, tolerance: float, n: int) -> str:
+    """An equivalence reading of the reproduced CI [lo, hi] against the band paper +/- tolerance:
+
+    - ``reproduced within tolerance``: the whole CI lies inside the band;
+    - ``not reproduced``: the whole CI lies outside it (on one side);
+    - ``CI too wide to tell``: the CI overlaps the band's edge (more seeds would tell), or there
+      is no CI (n < 2);
+    - ``no trials``: nothing matches the row.
+    """
+    if n == 0:
+        return NO_TRIALS
+    if any(math.isnan(x) for x in (paper, lo, hi, tolerance)):
+        return TOO_WIDE
+    if paper - tolerance <= lo and hi <= paper + tolerance:
+        return REPRODUCED
+    if hi < paper - tolerance or lo > paper + tolerance:
+        return NOT_REPRODUCED
+    return TOO_WIDE
 
 
 def welch(
@@ -660,8 +741,10 @@ def learning_curves(
 
 def study_tables(results: StudyResults, *, confidence: float = CONFIDENCE) -> dict[str, pd.DataFrame]:
     """All tables of a study: trials (with ``config_id``), summary, best, comparisons, paper,
-    importance, curves. See each function for its columns."""
+    claims (`analysis.claims.claim_tests`), importance, curves. See each function for its columns."""
     meta = results.meta
+    from analysis.claims import claim_tests
+
     trials = with_config_id(results.trials, meta.hyperparameters)
     summary = aggregate_repeats(trials, meta.hyperparameters, confidence=confidence)
     groups = default_group_by(trials, meta.searched)
@@ -696,7 +779,10 @@ def study_tables(results: StudyResults, *, confidence: float = CONFIDENCE) -> di
         "comparisons": pd.concat(comparisons, ignore_index=True)
         if comparisons
         else pd.DataFrame(columns=COMPARISON_COLUMNS),
-        "paper": paper_vs_reproduced(trials, paper_results, confidence=confidence),
+        "paper": paper_vs_reproduced(
+            trials, paper_results, data_source=meta.data_source or None, confidence=confidence
+        ),
+        "claims": claim_tests(trials, (meta.paper or {}).get("claims") or [], confidence=confidence),
         "importance": param_importance(trials, meta.searched, metric_col=metric_col, mode=meta.mode, space=meta.space)
         if has_metric
         else pd.DataFrame(columns=["param", "importance", "n_trials", "evaluator"]),

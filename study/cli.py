@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default=None, help="HTML file (default: STORAGE/compare-A-B.html)")
     cmp_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    sc = sub.add_parser("scorecard", help="claims and paper numbers with verdicts over every study in a storage")
+    sc.add_argument("--storage", default=DEFAULT_STORAGE)
+    sc.add_argument("--out", default=None, help="HTML file (default: STORAGE/scorecard.html)")
+    sc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     sb = sub.add_parser("submit", help="submit a study to a Ray cluster through the Ray Jobs API")
     sb.add_argument("spec")
     sb.add_argument(
@@ -191,6 +196,33 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scorecard(a: argparse.Namespace) -> int:
+    from analysis.report import SCORECARD_FILE, write_scorecard
+    from study.results import collect, write_results
+    from study.spec import load_spec
+    from study.storage import Store
+
+    store = Store.open(a.storage)
+    if a.out is None and "://" in a.storage:
+        raise UserError(f"--storage {a.storage}: with shared storage give --out FILE for the scorecard")
+    out = Path(a.out) if a.out else Path(a.storage).expanduser() / SCORECARD_FILE
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"--out {out}: must be a file path in an existing directory")
+    dirs = []
+    for name in store.names():
+        d = store.pull(name)
+        if not (d / "results" / "trials.parquet").is_file():  # a mirror of shared storage: tables from the state
+            try:
+                spec = load_spec(d / "spec.yaml")
+                write_results(d, spec, *collect(d, spec))
+            except UserError:
+                pass  # no readable spec or results: the scorecard lists it as left out
+        dirs.append(d)
+    html, parquet = write_scorecard(dirs, out, storage=a.storage)
+    print(f"scorecard: {html} ({len(dirs)} studies; table {parquet})")
+    return 0
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from study.submit import submit
 
@@ -204,7 +236,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "status": cmd_status, "report": cmd_report,
-    "compare": cmd_compare, "submit": cmd_submit,
+    "compare": cmd_compare, "submit": cmd_submit, "scorecard": cmd_scorecard,
 }  # fmt: skip
 
 

@@ -133,6 +133,8 @@ class Search(_Strict):
     num_samples: int = Field(default=1, ge=1)  # samples per grid point (grid/random), configs (optuna)
     seed: int | None = None  # seed of the search algorithm itself
     max_concurrent: int | None = Field(default=None, ge=1)
+    # how grid axes combine: product (every combination) | cover (a covering set, see `grid_points`)
+    grid: Literal["product", "cover"] = "product"
 
 
 class Scheduler(_Strict):
@@ -147,11 +149,40 @@ class PaperResult(_Strict):
     metric: str
     value: float
     std: float | None = None
+    # the data the paper measured it on (default: the file's data.source, before any --set); a
+    # study on another source shows the row as reference only, without a reproduced verdict
+    dataset: str | None = None
+    # |ours - paper| that still counts as reproduced (default: std, else 3 points for fractions)
+    tolerance: float | None = Field(default=None, gt=0)
+
+
+class Claim(_Strict):
+    """A directional claim: group `a` has a greater (or less) `metric` than group `b`.
+
+    Groups are `where` filters on the trials (as paper rows have), both also restricted by the
+    shared `where`; with `within`, the comparison is made within each level (combination of
+    values) of those keys, e.g. per training-set size."""
+
+    label: str
+    quote: str = ""  # the paper's words
+    metric: str
+    a: dict[str, Any] = Field(min_length=1)
+    b: dict[str, Any] = Field(min_length=1)
+    direction: Literal["greater", "less"] = "greater"  # a > b | a < b
+    where: dict[str, Any] = Field(default_factory=dict)
+    within: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _two_groups(self) -> Claim:
+        if self.a == self.b:
+            raise ValueError("a and b must select different groups, but they are equal")
+        return self
 
 
 class Paper(_Strict):
     citation: str = ""
     results: list[PaperResult] = Field(default_factory=list)
+    claims: list[Claim] = Field(default_factory=list)
 
 
 class Spec(_Strict):
@@ -172,6 +203,11 @@ class Spec(_Strict):
     scheduler: Scheduler = Scheduler()
     max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
     paper: Paper = Paper()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_datasets(cls, raw: Any) -> Any:
+        return default_paper_datasets(raw)
 
     @field_validator("space", mode="before")
     @classmethod
@@ -215,8 +251,24 @@ class Spec(_Strict):
         return {**self.data.config, **self.fixed}
 
     def n_trials(self) -> int:
-        grid = math.prod(len(d.grid) for d in self.space.values() if isinstance(d, Grid))
+        sizes = [len(d.grid) for d in self.space.values() if isinstance(d, Grid)]
+        grid = max(sizes, default=1) if self.search.grid == "cover" else math.prod(sizes)
         return grid * self.search.num_samples * len(self.seed_list)
+
+
+def default_paper_datasets(raw: Any) -> Any:
+    """`raw` with ``dataset: <data.source>`` on each ``paper.results`` row that has none (a copy;
+    anything malformed is left for validation to report)."""
+    try:
+        source, rows = raw["data"]["source"], raw["paper"]["results"]
+    except (KeyError, TypeError):
+        return raw
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return raw
+    if all(r.get("dataset") is not None for r in rows):
+        return raw
+    rows = [r if r.get("dataset") is not None else {**r, "dataset": source} for r in rows]
+    return {**raw, "paper": {**raw["paper"], "results": rows}}
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -433,41 +485,113 @@ def check_keys(spec: Spec, path: str | Path) -> None:
                 f"{path}: paper.results.{i}.metric: {family.name} reports no metric {r.metric!r}; "
                 f"known: {metrics}, params"
             )
+    for i, c in enumerate(spec.paper.claims):
+        for part in ("where", "a", "b"):
+            for key in getattr(c, part):
+                if key not in hp:
+                    raise UserError(f"{path}: paper.claims.{i}.{part}.{key}: not a config key of {family.name}")
+        for key in c.within:
+            if key not in hp:
+                raise UserError(f"{path}: paper.claims.{i}.within: {key!r} is not a config key of {family.name}")
+        if c.metric not in family.metrics:
+            raise UserError(
+                f"{path}: paper.claims.{i}.metric: {family.name} reports no metric {c.metric!r}; known: {metrics}"
+            )
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override (``--set``) and validate a spec file."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw = apply_overrides(default_paper_datasets(read_yaml(path)), overrides or [])  # datasets: the file's source
     return parse_spec(raw, path)
 
 
 def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
-    """A tiny version of any spec: one seed, one epoch, at most 4 configs, small bundled data."""
+    """A tiny version of any spec that still covers it: one seed, one epoch, the family's small data
+    sizes, on the bundled MNIST sample, and a covering set of the grid (``search.grid: cover``):
+    every value of every grid axis at least once, in as many configurations as the longest axis
+    has values (see `grid_points`). Grid values that cannot run on the bundled sample (the family's
+    ``check`` rejects them, e.g. ``train_images: 55000`` > 2,500 images) are left out, and the
+    smoke spec's description says which. A searched ``epochs`` axis becomes one epoch."""
     raw = spec.model_dump(mode="python")
     raw["data"]["source"] = "mnist-5k"
     raw["seeds"], raw["repeats"] = [spec.seed_list[0]], None
     raw["fixed"] = {**raw["fixed"], **{k: v for k, v in family_smoke.items() if k not in spec.space}, "epochs": 1}
-    searched_epochs = "epochs" in spec.space
     raw["data"] = {k: v for k, v in raw["data"].items() if k in ("source", "root") or k not in family_smoke}
     raw["name"] = f"{spec.name[: NAME_MAX - len('-smoke')]}-smoke"
-    budget = 4
     space = {}
     for key, dom in spec.space.items():
-        if key == "epochs" and searched_epochs:  # one epoch, whatever the space says
+        if key == "epochs":  # one epoch, whatever the space says
             continue
-        if isinstance(dom, Grid):
-            keep = max(1, min(len(dom.grid), budget))
-            space[key] = {"grid": dom.grid[:keep]}
-            budget = max(1, budget // keep)
-        else:
-            space[key] = dom.model_dump(mode="python")
+        space[key] = {"grid": list(dom.grid)} if isinstance(dom, Grid) else dom.model_dump(mode="python")
     raw["space"] = space
+    dropped = _unfit_grid_values(raw, spec.seed_list[0])
+    for key, values in dropped.items():
+        space[key]["grid"] = [v for v in space[key]["grid"] if v not in values]
+    if dropped:
+        left_out = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in dropped.items())
+        raw["description"] = f"{raw['description']} (smoke: left out, too big for the bundled sample: {left_out})"
     raw["search"] = {**raw["search"], "num_samples": min(spec.search.num_samples, 2 if not spec.grid_axes else 1)}
     if spec.search.algorithm == "optuna":
         raw["search"]["num_samples"] = 2
+    raw["search"]["grid"] = "cover"
     raw["scheduler"] = {"type": "none"}
     return parse_spec(raw, f"{spec.name} (--smoke)")
+
+
+def _unfit_grid_values(raw: dict[str, Any], seed: int) -> dict[str, list[Any]]:
+    """Grid values of a smoke spec (raw) that the family's ``check`` rejects on the smoke data,
+    each tried with the other axes at their first value: {key: [values]} (at least one value kept)."""
+    from trainables import REGISTRY
+    from trainables.common import resolve_config
+
+    family = REGISTRY.get(raw["trainable"])
+    grids = {k: d["grid"] for k, d in raw["space"].items() if "grid" in d}
+    if family is None or family.check is None or not grids:
+        return {}
+    data = family.load_data(raw["data"]["source"], raw["data"].get("root"))
+    data_keys = {k: v for k, v in raw["data"].items() if k not in Data.model_fields}  # trainable keys only
+    base = {**data_keys, **raw["fixed"], "seed": seed}
+    first = {k: v[0] for k, v in grids.items()}
+    dropped: dict[str, list[Any]] = {}
+    for key, values in grids.items():
+        bad = []
+        for value in values:
+            try:
+                family.check(resolve_config(family, {**base, **first, key: value}), data)
+            except UserError:
+                bad.append(value)
+        if bad and len(bad) < len(values):
+            dropped[key] = bad
+    return dropped
+
+
+def grid_points(spec: Spec) -> list[dict[str, Any]]:
+    """The grid configurations a spec runs (per seed and sample), in Ray's order.
+
+    ``search.grid: product``: every combination of the grid axes. ``cover``: a covering set with
+    as many configurations as the longest axis (the first longest is the *lead*): configuration i
+    takes the lead's i-th value and value i mod m of every other axis with m values (Latin-style),
+    so every value of every axis appears at least once."""
+    import itertools
+
+    axes = {k: list(d.grid) for k, d in spec.space.items() if isinstance(d, Grid)}
+    if spec.search.grid == "cover" and axes:
+        n = max(len(v) for v in axes.values())
+        return [{k: v[i % len(v)] for k, v in axes.items()} for i in range(n)]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+class CoverValue:
+    """Ray Tune ``sample_from`` function of a covering set (`grid_points`): the value of one axis
+    for the configuration whose lead-axis value Ray's grid search picked. Picklable (no closure)."""
+
+    def __init__(self, lead: str, lead_values: list[Any], values: list[Any]) -> None:
+        self.lead, self.lead_values, self.values = lead, lead_values, values
+
+    def __call__(self, spec: Any) -> Any:
+        i = self.lead_values.index(spec.config[self.lead])
+        return self.values[i % len(self.values)]
 
 
 def to_param_space(spec: Spec, *, with_seeds: bool = True) -> dict[str, Any]:
@@ -475,8 +599,12 @@ def to_param_space(spec: Spec, *, with_seeds: bool = True) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = dict(spec.base_config())
+    axes = {k: list(d.grid) for k, d in spec.space.items() if isinstance(d, Grid)}
+    lead = max(axes, key=lambda k: len(axes[k])) if spec.search.grid == "cover" and len(axes) > 1 else None
     for key, dom in spec.space.items():
-        if isinstance(dom, Grid):
+        if isinstance(dom, Grid) and lead is not None and key != lead:  # covering set: follows the lead axis
+            space[key] = tune.sample_from(CoverValue(lead, axes[lead], list(dom.grid)))
+        elif isinstance(dom, Grid):
             space[key] = tune.grid_search(list(dom.grid))
         elif isinstance(dom, Choice):
             space[key] = tune.choice(list(dom.choice))

@@ -180,3 +180,45 @@ def test_check_finite_rejects_non_finite_losses(value: float) -> None:
     with pytest.raises(Diverged):
         check_finite(torch.tensor(value, requires_grad=True) * 1)
     check_finite(torch.tensor(1.5))
+
+
+# --- initialisation (Table 2 choice) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(dp.PAPER_PARAMS))
+def test_he_init_covers_hidden_layers_only(arch: str) -> None:
+    torch.manual_seed(0)
+    model = dp.build(config(arch=arch, init="he"))
+    hidden = dp.hidden_layers(model)
+    outputs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m not in hidden]
+    assert len(hidden) == {"FconnNet": 5, "ConvNet": 5, "parallelConv": 10, "Siamese": 5}[arch]
+    assert all(isinstance(m, torch.nn.Linear) and m.out_features in (2, 10) for m in outputs)  # logits only
+    for m in hidden:  # He normal: std sqrt(2 / fan_in), zero biases
+        fan_in = m.weight[0].numel()
+        assert torch.count_nonzero(m.bias) == 0
+        assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.25)
+    torch.manual_seed(0)
+    default = dp.build(config(arch=arch, init="torch"))  # PyTorch's default: uniform, std sqrt(1 / (3 fan_in))
+    first = dp.hidden_layers(default)[0]
+    assert first.weight.std().item() == pytest.approx((1 / (3 * first.weight[0].numel())) ** 0.5, rel=0.25)
+    assert count_params(model) == count_params(default) == dp.PAPER_PARAMS[arch]
+
+
+def test_unknown_init_is_a_config_error() -> None:
+    with pytest.raises(UserError, match=r"init: must be one of he, torch \(got 'xavier'\)"):
+        dp.check(config(init="xavier"))
+
+
+def test_he_init_keeps_the_signal_that_torch_init_loses(mnist5k: ImageSet) -> None:
+    """The cause of the low no-aux arms (Table 2): with PyTorch's default init a branch's last hidden
+    features start ~30x smaller than its input, so the digit logits (and their gradients through the
+    ReLU and the head) start near zero; He init keeps their scale."""
+    data = dp.prepare(config(n_train=300, n_test=10), mnist5k)
+    x = data.train.input[:, 0:1]  # first digits, standardised: std 1
+    for init, lo, hi in (("torch", 0.0, 0.1), ("he", 0.5, 5.0)):
+        for seed in range(3):
+            torch.manual_seed(seed)
+            branch = dp.build(config(arch="Siamese", init=init)).branch0.eval()
+            with torch.no_grad():
+                hidden = branch.classifier[:-1](branch.features(x))  # (300, 64), after the last ReLU
+            assert lo < hidden.std().item() < hi, (init, seed)

@@ -1,0 +1,268 @@
+"""The scorecard: every paper's claims and numbers over all studies of a storage, with verdicts.
+
+Pure functions (files are written by `analysis.report.write_scorecard`). Per study only the cheap
+tables are computed (`paper_vs_reproduced`, `claim_tests`), so the page stays quick for many
+studies. One row per claim (its verdict over levels, `analysis.claims.claim_summary`) and per
+paper number (`analysis.tables.paper_vs_reproduced`); grouped by paper (the trainable family,
+with the studies' citations). Researchers read "what holds up?" off one page.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from analysis.claims import claim_summary, claim_tests
+from analysis.html import CSS, claim_columns, esc, fmt_ci, fmt_diff, fmt_metric, fmt_p, table_html, verdict_html
+from analysis.load import StudyResults
+from analysis.tables import paper_vs_reproduced, with_config_id
+
+SCORECARD_COLUMNS = [
+    "paper",  # the trainable family (one per paper)
+    "citation",
+    "study",
+    "report",  # the study's report.html, relative to the scorecard
+    "data_source",  # what the study ran on
+    "kind",  # claim | number
+    "label",
+    "quote",
+    "metric",
+    "comparison",  # claims: "a > b"; numbers: the where filter
+    "where",
+    "within",
+    "levels",
+    "dataset",  # measured on: numbers, the paper's dataset; claims, the study's data source
+    "paper_value",
+    "paper_std",
+    "tolerance",
+    "n_a",  # numbers: n (trials); claims: seeds in group a
+    "n_b",
+    "value",  # numbers: our mean; claims: mean(a) - mean(b)
+    "ci_lo",
+    "ci_hi",
+    "effect_size",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "note",
+]
+GOOD = ("supported", "reproduced within tolerance")
+BAD = ("contradicted", "not reproduced")
+
+
+def study_scorecard(name: str, results: StudyResults, report: str = "") -> pd.DataFrame:
+    """A study's claim and number rows (`SCORECARD_COLUMNS`)."""
+    meta = results.meta
+    paper = dict(meta.paper or {})
+    trials = with_config_id(results.trials, meta.hyperparameters)
+    base = {
+        "paper": meta.trainable or "unknown",
+        "citation": str(paper.get("citation") or ""),
+        "study": name,
+        "report": report,
+        "data_source": meta.data_source,
+    }
+    rows = []
+    tests = claim_tests(trials, paper.get("claims") or [])
+    for c in claim_summary(tests).to_dict("records"):
+        sign = ">" if c["direction"] == "greater" else "<"
+        rows.append(
+            base
+            | {
+                "kind": "claim",
+                "label": c["label"],
+                "quote": c["quote"],
+                "metric": c["metric"],
+                "comparison": f"{c['a']} {sign} {c['b']}",
+                "where": c["where"],
+                "within": c["within"],
+                "levels": int(c["levels"]),
+                "dataset": meta.data_source,
+                "n_a": int(c["n_a"]),
+                "n_b": int(c["n_b"]),
+                "value": c["diff"],
+                **{k: c[k] for k in ("ci_lo", "ci_hi", "effect_size", "p_value", "p_holm", "verdict", "note")},
+            }
+        )
+    numbers = paper_vs_reproduced(trials, paper.get("results") or [], data_source=meta.data_source or None)
+    for r in numbers.to_dict("records"):
+        rows.append(
+            base
+            | {
+                "kind": "number",
+                "label": r["label"],
+                "metric": r["metric"],
+                "comparison": r["where"],
+                "where": r["where"],
+                "levels": 1,
+                "dataset": r["dataset"],
+                "paper_value": r["paper_value"],
+                "paper_std": r["paper_std"],
+                "tolerance": r["tolerance"],
+                "n_a": int(r["n"]),
+                "value": r["mean"],
+                **{k: r[k] for k in ("ci_lo", "ci_hi", "verdict", "note")},
+            }
+        )
+    out = pd.DataFrame(rows, columns=SCORECARD_COLUMNS)
+    for c in ("quote", "within", "where", "comparison", "note", "citation", "report"):
+        out[c] = [("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in out[c]]
+    for c in ("levels", "n_a", "n_b"):
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
+    for c in ("paper_value", "paper_std", "tolerance", "value", "ci_lo", "ci_hi", "effect_size", "p_value", "p_holm"):
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
+    return out
+
+
+def scorecard_table(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """All studies' rows, ordered by paper, kind (claims first), study."""
+    frames = [p for p in parts if len(p)]
+    if not frames:
+        return pd.DataFrame(columns=SCORECARD_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    kind_order = out["kind"].map({"claim": 0, "number": 1})
+    out = out.assign(_k=kind_order).sort_values(["paper", "_k", "study"], kind="stable").drop(columns="_k")
+    return out.reset_index(drop=True)
+
+
+def _counts(rows: pd.DataFrame) -> str:
+    counts = rows["verdict"].value_counts()
+    return " ".join(f"{verdict_html(v)} {int(n)}" for v, n in counts.items())
+
+
+def _bar(r: Mapping[str, Any], scale: float) -> str:
+    """An inline SVG of a claim's CI of a − b around 0 (green right of 0 when a > b is claimed)."""
+    lo, hi, v = r.get("ci_lo"), r.get("ci_hi"), r.get("value")
+    if any(x is None or pd.isna(x) for x in (lo, hi, v)) or not scale > 0:
+        return ""
+    sign = 1 if " > " in str(r["comparison"]) else -1  # claimed direction to the right
+
+    def x(val: float) -> float:
+        return 60 + 55 * max(-1.0, min(1.0, sign * val / scale))
+
+    a, b = sorted((x(lo), x(hi)))
+    return (
+        '<svg width="120" height="14" role="img" aria-label="CI of a − b; right of the line is the claimed side">'
+        '<line x1="60" y1="0" x2="60" y2="14" stroke="#8895a7" stroke-width="1"/>'
+        f'<line x1="{a:.1f}" y1="7" x2="{b:.1f}" y2="7" stroke="#2457a6" stroke-width="3"/>'
+        f'<circle cx="{x(v):.1f}" cy="7" r="3" fill="#1d232b"/></svg>'
+    )
+
+
+def scorecard_html(table: pd.DataFrame, *, storage: str = "", skipped: Sequence[str] = (), generated=None) -> str:
+    """The scorecard page: totals, then per paper its claims and numbers (self-contained HTML)."""
+    stamp = (generated or _dt.datetime.now()).strftime("%Y-%m-%d %H:%M")
+    claims, numbers = table[table["kind"] == "claim"], table[table["kind"] == "number"]
+    studies = table.drop_duplicates("study")
+    totals = (
+        f'<dl class="facts"><dt>Storage</dt><dd>{esc(storage) or "—"}</dd>'
+        f"<dt>Studies</dt><dd>{studies['study'].nunique()}</dd>"
+        f"<dt>Claims ({len(claims)})</dt><dd>{_counts(claims) or '—'}</dd>"
+        f"<dt>Paper numbers ({len(numbers)})</dt><dd>{_counts(numbers) or '—'}</dd></dl>"
+    )
+    sections = []
+    for paper, part in table.groupby("paper", sort=True):
+        sections.append(_paper_section(str(paper), part))
+    if not sections:
+        sections.append('<p class="note">No study with results in this storage.</p>')
+    skipped_html = (
+        f'<p class="note">Left out (no results yet or unreadable): {esc(", ".join(skipped))}.</p>' if skipped else ""
+    )
+    body = (
+        f"<header><h1>Scorecard: what holds up?</h1>"
+        '<p class="desc">Every paper\'s claims and reported numbers, tested on every study in this storage. '
+        "Claims are directions (group a vs group b) and are tested on any data source; numbers are only "
+        "judged on the data the paper measured them on (otherwise: reference only).</p>"
+        f"{totals}</header><main>{''.join(sections)}{skipped_html}{_legend()}</main>"
+        f"<footer>Generated {stamp}. The same rows are in scorecard.parquet.</footer>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Scorecard</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def _study_link(r: Mapping[str, Any]) -> str:
+    name = esc(r["study"])
+    link = f'<a href="{esc(r["report"])}">{name}</a>' if r.get("report") else name
+    return f"{link}<br><span class='note'>on {esc(r['data_source'])}</span>"
+
+
+def _paper_section(paper: str, part: pd.DataFrame) -> str:
+    citations = sorted({c for c in part["citation"] if c})
+    cites = "".join(f'<p class="desc">{esc(c)}</p>' for c in citations)
+    claims = part[part["kind"] == "claim"]
+    numbers = part[part["kind"] == "number"]
+    out = f'<section id="paper-{esc(paper)}"><h2>{esc(paper)}</h2>{cites}'
+    if len(claims):
+        scale = float(pd.concat([claims["ci_lo"].abs(), claims["ci_hi"].abs()]).max(skipna=True) or 0)
+        scale = scale if math.isfinite(scale) else 0.0
+        by_name = {c[0]: c for c in claim_columns()}
+        rows = [
+            {**r, "diff": r["value"], "direction": "greater" if " > " in r["comparison"] else "less"}
+            for r in claims.to_dict("records")
+        ]
+        columns = [
+            by_name["Claim"],
+            ("Study (data)", _study_link, False),
+            ("a vs b", lambda r: esc(r["comparison"]) + (f"<br>where {esc(r['where'])}" if r["where"] else "")
+             + (f"<br>within each {esc(r['within'])}" if r["within"] else ""), False),
+            by_name["n a/b"],
+            by_name["a − b"],
+            by_name["95% CI"],
+            ("CI vs 0", lambda r: _bar(r, scale), False),
+            by_name["Cohen's d"],
+            by_name["p (Holm)"],
+            by_name["Verdict"],
+            by_name["Note"],
+        ]  # fmt: skip
+        out += f"<h3>Claims</h3>{table_html(rows, columns)}"
+    if len(numbers):
+
+        def paper_value(r: Mapping[str, Any]) -> str:
+            std = "" if pd.isna(r["paper_std"]) else f" ± {fmt_metric(r['paper_std'], r['metric'])}"
+            return fmt_metric(r["paper_value"], r["metric"]) + std
+
+        def verdict(r: Mapping[str, Any]) -> str:
+            tol = r["tolerance"]
+            shown = (
+                f' <span class="note">(± {fmt_diff(tol, r["metric"]).lstrip("+")})</span>'
+                if not pd.isna(tol) and r["verdict"] not in ("reference only", "no trials")
+                else ""
+            )
+            return verdict_html(r["verdict"]) + shown
+
+        columns = [
+            ("Number", lambda r: f"<b>{esc(r['label'])}</b><br><span class='note'>{esc(r['where'])}</span>", False),
+            ("Study (data)", _study_link, False),
+            ("Paper", paper_value, True),
+            ("Measured on", lambda r: esc(r["dataset"]), False),
+            ("Ours (mean)", lambda r: fmt_metric(r["value"], r["metric"]), True),
+            ("95% CI", lambda r: fmt_ci(r["ci_lo"], r["ci_hi"], r["metric"]), True),
+            ("n", lambda r: esc(r["n_a"]), True),
+            ("Ours − paper", lambda r: fmt_diff(r["value"] - r["paper_value"], r["metric"]), True),
+            ("Verdict", verdict, False),
+            ("Note", lambda r: esc(r["note"]), False),
+        ]
+        out += f"<h3>Numbers</h3>{table_html(numbers.to_dict('records'), columns)}"
+    return out + "</section>"
+
+
+def _legend() -> str:
+    return (
+        '<section id="legend"><h2>How to read this</h2><p class="note">'
+        f"{verdict_html('supported')} / {verdict_html('contradicted')}: the difference a − b is significant "
+        "(Welch's t-test over seeds, Holm-corrected over the study's claims, α = 0.05) in the claimed / the "
+        f"opposite direction; {verdict_html('inconclusive')}: not significant, too few seeds or no trials. "
+        "A claim tested within levels (e.g. per training-set size) is supported only if every level is. "
+        f"{verdict_html('reproduced within tolerance')}: the whole 95% CI of our mean lies within the paper's "
+        f"value ± tolerance (the paper's std, else 3 points); {verdict_html('not reproduced')}: wholly outside; "
+        f"{verdict_html('CI too wide to tell')}: neither (more seeds would tell); "
+        f"{verdict_html('reference only')}: the study ran on other data than the paper's number. "
+        f"p-values: {fmt_p(0.00001)} means below 1e-4.</p></section>"
+    )
