@@ -7,10 +7,10 @@ To add a study family: write ``trainables/<family>.py`` ending in ``FAMILY = Fam
 from __future__ import annotations
 
 from study.errors import UserError
-from trainables import digit_pairs, share_split
+from trainables import digit_pairs, share_split, wsms
 from trainables.common import Family
 
-REGISTRY: dict[str, Family] = {f.name: f for f in (digit_pairs.FAMILY, share_split.FAMILY)}
+REGISTRY: dict[str, Family] = {f.name: f for f in (digit_pairs.FAMILY, share_split.FAMILY, wsms.FAMILY)}
 
 
 def get_family(name: str) -> Family:
