@@ -17,7 +17,7 @@ CIFAR nets: a 3x3 conv and three groups). With S stages:
 
 Parameter counts (1000 classes, 1x1 integration to 1024): ResNet-50 3 stages 28,203,048, 4 stages
 28,465,192; ResNet-101 47,195,176 / 47,457,320; ResNet-152 62,838,824 / 63,100,968 (the paper's
-28.3/28.5, 47.3/47.6, 63.0/63.3M are 0.05-0.16M higher: PAPERS.md's readings B and C).
+28.3/28.5, 47.3/47.6, 63.0/63.3M are 0.04-0.20M higher: PAPERS.md's readings B and C match them).
 
 ``per_stage_bn`` is PAPERS.md's reading C: the convolutions are shared, but each stage has its
 own BatchNorm (affine parameters and running statistics) in every layer it runs, and the
@@ -68,7 +68,7 @@ CIFAR_BACKBONES = ("cifar_resnet", "cifar_preact_resnet", "cifar_densenet_bc", "
 BACKBONES = TORCHVISION_BACKBONES + CIFAR_BACKBONES
 INTEGRATIONS = ("none", "conv1x1", "conv3x3")
 DOWNSCALES = ("bilinear-antialias", "bilinear", "avgpool", "nearest")
-# depth 0 = the papers' net: ResNet-110 (He 2016a), PreAct-ResNet-110 (basic) / -164 (bottleneck),
+# depth 0 = the papers' net: ResNet-110 (He 2016a), PreAct-ResNet-110 (basic) / ResNet-164 (bottleneck),
 # DenseNet-BC-100 (k=12), DenseNet-100 (the k=24 net of the slides' 3.74%)
 STANDARD_DEPTH = {"cifar_resnet": 110, "cifar_preact_resnet": 110, "cifar_densenet_bc": 100, "cifar_densenet": 100}
 STANDARD_WIDTH = {"cifar_resnet": 16, "cifar_preact_resnet": 16, "cifar_densenet_bc": 12, "cifar_densenet": 12}
@@ -114,7 +114,7 @@ def make_trunk(cfg: dict[str, Any], num_classes: int) -> Trunk:
         stem = nn.Sequential(bb.conv1, bb.bn1, bb.relu, bb.maxpool)
         groups = [bb.layer1, bb.layer2, bb.layer3, bb.layer4]
         return Trunk(stem, groups, nn.Identity(), bb.fc, bb.group_channels, True)
-    depth = depth or STANDARD_DEPTH[name]
+    depth = depth or (164 if cfg["block"] == "bottleneck" else STANDARD_DEPTH[name])
     if name in ("cifar_resnet", "cifar_preact_resnet"):
         bb = CifarResNet(
             depth, num_classes, width=width or 16, preact=name == "cifar_preact_resnet",
@@ -368,7 +368,7 @@ FAMILY = Family(
         "integration", "integration_width", "num_classes",
     ),  # fmt: skip
     input_shape=lambda cfg: (3, input_size(cfg), input_size(cfg)),
-    smoke={"n_train": 64, "n_test": 64, "batch_size": 32, "width": 4, "depth": 0, "num_classes": 10},
+    smoke={"n_train": 64, "n_test": 64, "batch_size": 32, "width": 4},
     variants={
         "plain_resnet8": {"backbone": "cifar_resnet", "depth": 8, "width": 4, "stages": 1, "batch_size": 16},
         "wsms_resnet8_2_conv1x1": {"backbone": "cifar_resnet", "depth": 8, "width": 4, "stages": 2, "batch_size": 16},
