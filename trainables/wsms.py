@@ -176,7 +176,9 @@ class WSMSNet(nn.Module):
         first = make_trunk(cfg, num_classes)
         n_groups = len(first.groups)
         if self.stages > n_groups + 1:
-            raise ConfigError(NAME, "stages", f"{cfg['backbone']} has {n_groups} groups: at most {n_groups} stages")
+            raise ConfigError(
+                NAME, "stages", f"{cfg['backbone']} has {n_groups} groups: stage {n_groups + 2} would have none to run"
+            )
         self.depths = [n_groups - s for s in range(self.stages)]  # groups run by stage s+1
         trunks = [first] + [make_trunk(cfg, num_classes) for _ in range(self.stages - 1)] if self.ms else [first]
         # each trunk: stem + the groups its stages run (MS-Net stage s keeps only its first G-s+1 groups)
