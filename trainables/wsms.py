@@ -396,7 +396,7 @@ FAMILY = Family(
         },
         "wsms_densenet7_2": {"backbone": "cifar_densenet", "depth": 7, "width": 4, "stages": 2, "batch_size": 16},
         "wsms_resnet50_4_per_stage_bn": {
-            "backbone": "resnet50", "width": 4, "image_size": 32, "stages": 4, "per_stage_bn": True, "batch_size": 16,
+            "backbone": "resnet50", "width": 4, "image_size": 16, "stages": 4, "per_stage_bn": True, "batch_size": 16,
         },
         "wsms_resnet18_cifar_stem_3": {
             "backbone": "resnet18", "width": 4, "cifar_stem": True, "stages": 3, "batch_size": 16,
