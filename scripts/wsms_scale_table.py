@@ -1,8 +1,8 @@
 """The scale-robustness table of a finished wsms study (the README's measurement).
 
-    python scripts/wsms_scale_table.py /tmp/wsms-measure/wsms_scale_mnist
+    python scripts/wsms_scale_table.py /tmp/wsms-measure/wsms_scale_mnist [/tmp/wsms-measure/wsms_scale_mnist_psbn ...]
 
-Reads ``results/trials.parquet`` (final metrics per trial), keeps one copy of the plain net
+Reads each study's ``results/trials.parquet`` (final metrics per trial), keeps one copy of the plain net
 (``stages`` 1; its ``ms`` cells are identical trials), and prints a Markdown table: mean and 95%
 CI over seeds (t distribution) of the accuracy at each test scale, the mean accuracy off scale 1
 and its drop from scale 1; then Welch's t-tests of WSMS-Net against the plain net and MS-Net.
@@ -21,7 +21,8 @@ from scipy import stats
 def net_name(row: pd.Series) -> str:
     if row["stages"] == 1:
         return "plain"
-    return f"{'MS-Net' if row['ms'] else 'WSMS-Net'} ({row['stages']} stages)"
+    bn = ", per-stage BN" if row.get("per_stage_bn", False) is True else ""
+    return f"{'MS-Net' if row['ms'] else 'WSMS-Net'} ({row['stages']} stages{bn})"
 
 
 def mean_ci(values: pd.Series) -> str:
@@ -30,8 +31,8 @@ def mean_ci(values: pd.Series) -> str:
     return f"{100 * v.mean():.1f} ± {100 * half:.1f}"
 
 
-def main(study_dir: str) -> None:
-    df = pd.read_parquet(Path(study_dir) / "results" / "trials.parquet")
+def main(*study_dirs: str) -> None:
+    df = pd.concat([pd.read_parquet(Path(d) / "results" / "trials.parquet") for d in study_dirs], ignore_index=True)
     df = df[~((df["stages"] == 1) & df["ms"])].copy()  # the same plain net again
     scales = sorted((c for c in df if c.startswith("final_test_acc_scale_")), key=lambda c: float(c.rsplit("_", 1)[1]))
     off = [c for c in scales if float(c.rsplit("_", 1)[1]) != 1.0]
@@ -50,7 +51,7 @@ def main(study_dir: str) -> None:
     print("'drop' = accuracy at scale 1 minus 'mean off 1' (per seed). Welch's t-tests (two-sided):")
     wsms = [n for n in nets if n.startswith("WSMS")]
     for w in wsms:
-        for other in [n for n in nets if n != w]:
+        for other in [n for n in nets if not n.startswith("WSMS")]:  # against plain and MS-Net
             for col, what in [("off_scale", "mean off 1"), ("drop", "drop"), *((c, f"scale {c.rsplit('_', 1)[1]}") for c in off)]:
                 a, b = df.loc[df["net"] == w, col], df.loc[df["net"] == other, col]
                 t = stats.ttest_ind(a, b, equal_var=False)
@@ -58,4 +59,4 @@ def main(study_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
