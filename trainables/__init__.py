@@ -7,10 +7,12 @@ To add a study family: write ``trainables/<family>.py`` ending in ``FAMILY = Fam
 from __future__ import annotations
 
 from study.errors import UserError
-from trainables import digit_pairs, encapnet, share_split, ssm
+from trainables import digit_pairs, encapnet, share_split, ssm, wsms
 from trainables.common import Family
 
-REGISTRY: dict[str, Family] = {f.name: f for f in (digit_pairs.FAMILY, share_split.FAMILY, ssm.FAMILY, encapnet.FAMILY)}
+REGISTRY: dict[str, Family] = {
+    f.name: f for f in (digit_pairs.FAMILY, share_split.FAMILY, ssm.FAMILY, wsms.FAMILY, encapnet.FAMILY)
+}
 
 
 def get_family(name: str) -> Family:
