@@ -493,7 +493,7 @@ def check_keys(spec: Spec, path: str | Path) -> None:
         for key in c.within:
             if key not in hp:
                 raise UserError(f"{path}: paper.claims.{i}.within: {key!r} is not a config key of {family.name}")
-        if c.metric not in family.metrics:
+        if not family.knows_metric(c.metric):
             raise UserError(
                 f"{path}: paper.claims.{i}.metric: {family.name} reports no metric {c.metric!r}; known: {metrics}"
             )
