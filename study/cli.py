@@ -113,6 +113,9 @@ def _os_error_line(e: OSError) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from study.lock import refuse_if_running
+
+    refuse_if_running(a.spec, a.name, a.storage, a.overrides)  # in a second, before torch is imported
     from study.runner import run_study
 
     outcome = run_study(

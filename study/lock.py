@@ -220,3 +220,32 @@ def holder_of(store: Any, name: str) -> dict | None:
     if not holder or lock._stale(holder, age or 0.0):
         return None
     return holder
+
+
+def refuse_if_running(spec_path: str, name: str | None, storage: str, overrides: list[str]) -> None:
+    """Before the slow imports of a run: refuse at once (`UserError`) when another run holds the
+    study's lock. The name comes from --name, --set name=..., or the YAML; any doubt is left to the
+    full check in `run_study`, which takes the lock."""
+    from study.storage import Store
+
+    if name is None:
+        for item in overrides:
+            if item.startswith("name="):
+                name = item.split("=", 1)[1]
+    if name is None:
+        try:
+            import yaml
+
+            raw = yaml.safe_load(Path(spec_path).read_text(encoding="utf-8"))
+            name = raw.get("name") if isinstance(raw, dict) else None
+        except Exception:  # noqa: BLE001 - the spec checker reports bad files properly
+            return
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        return
+    try:
+        store = Store.open(storage)
+        holder = holder_of(store, name)
+    except Exception:  # noqa: BLE001
+        return
+    if holder:
+        StudyLock(store, name).acquire()  # raises the one-line refusal (the holder is alive)

@@ -592,6 +592,16 @@ def make_guard_callback(store: Store, name: str):
                 except OSError:
                     pass
 
+        def on_experiment_end(self, trials: list, **info: Any) -> None:  # after Tune's last state save
+            if self.root is not None and trials:
+                self.last_backup = 0.0
+                staging = getattr(trials[0].storage, "experiment_driver_staging_path", None)
+                try:
+                    if staging:
+                        tune_state.backup_snapshot(staging, Path(self.root) / self.name)
+                except OSError:
+                    pass
+
         def _failed(self, trial: Any) -> None:
             import study.runner as runner
 
