@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from study.errors import DiskFull, UserError, one_line
+from study.errors import DiskFull, UserError, is_disk_full, one_line
 
 DEFAULT_STORAGE = os.environ.get("STUDY_STORAGE", "studies")
 
@@ -254,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: one line unless --debug
         if args.debug:
             traceback.print_exc()
+        if is_disk_full(e):
+            print(f"study: error: {e.filename or 'storage'}: no space left on device; free some space and run the "
+                  "same command again", file=sys.stderr)  # fmt: skip
+            return 1
         if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):  # storage not writable
             print(f"study: error: {one_line(_os_error_line(e))}", file=sys.stderr)
             return 2

@@ -63,7 +63,15 @@ def _trials_from_state(study_dir: Path) -> list[dict]:
     """[{trial_id, status, config, logdir, meta}] from the latest readable experiment state (read as
     JSON by `study.tune_state`, never unpickled; a corrupt newer file is passed over)."""
     out = []
-    for t in tune_state.read_latest(Path(study_dir)).trials:
+    latest = tune_state.read_latest(Path(study_dir))
+    if latest.path is None and latest.skipped:
+        raise tune_state.StateError(latest.skipped[0][1])  # every state file is corrupt: say so, not "no trials"
+    if latest.path is None and any(Path(study_dir).glob("trial_*/result.json")):
+        raise tune_state.StateError(
+            f"{study_dir}: no {tune_state.STATE_PATTERN} (Tune's saved state) although trials have results: "
+            "the state was deleted; the trials cannot be told apart from leftovers"
+        )
+    for t in latest.trials:
         meta = {"num_failures": t.num_failures, "last_result": t.last_result, "error_filename": t.error_filename}
         out.append({"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir, "meta": meta})
     # Trial dirs missing from the state were started after its last snapshot by a driver that was then

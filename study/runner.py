@@ -277,7 +277,15 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
     path = store.study_path(name)
     if tune.Tuner.can_restore(path):
         print(f"[study] resuming {path}", file=progress.out, flush=True)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        try:
+            return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        except Exception as e:  # noqa: BLE001 - a cut or foreign tuner.pkl: Ray raises whatever unpickling raised
+            if is_disk_full(e):
+                raise
+            raise tune_state.StateError(
+                f"{path}/tuner.pkl: Tune cannot read it ({type(e).__name__}: {one_line(e, 150)}); the study cannot "
+                "be resumed: start it again under a new --name"
+            ) from None
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
     param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
@@ -469,7 +477,10 @@ def complete_counts(store: Store, name: str, spec: Spec) -> dict[str, int] | Non
     """Trials by status of a study whose every trial has finished (read from its saved state), else None."""
     if store.read_text(name, SPEC_FILE) is None:
         return None
-    counts = results_mod.study_counts(store.pull(name))
+    try:
+        counts = results_mod.study_counts(store.pull(name))
+    except tune_state.StateError:  # a corrupt state: `repair_state` deals with it (or refuses)
+        return None
     finished = sum(counts.get(s, 0) for s in ("TERMINATED", "DIVERGED", "STOPPED", "ERROR"))
     return counts if finished == sum(counts.values()) == spec.n_trials() else None
 

@@ -398,9 +398,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+MAX_SPEC_BYTES = 4_000_000  # a spec file (the 800-trial grid is 3 KB)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such spec file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise UserError(f"{path}: a spec file is at most {MAX_SPEC_BYTES:,} bytes (got {path.stat().st_size:,})")
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
