@@ -28,7 +28,7 @@ import yaml
 from analysis.report import write_text
 from study import results as results_mod
 from study import tune_state
-from study.errors import DiskFull, UserError, is_disk_full, one_line
+from study.errors import DiskFull, UserError, is_disk_full, one_line, short
 from study.lock import StudyLock
 from study.spec import Spec, check_configs, check_name, load_spec, smoke_spec, spec_to_yaml, to_param_space
 from study.storage import Store
@@ -150,7 +150,7 @@ def spec_difference(old: dict, new: dict, prefix: str = "") -> str | None:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             return spec_difference(a, b, f"{prefix}{key}.")
-        return f"{prefix}{key} was {a!r}, now {b!r}"
+        return f"{prefix}{key} was {short(a)}, now {short(b)}"
     return None
 
 

@@ -250,15 +250,15 @@ def test_report_on_read_only_storage_is_one_line_exit_2(finished: Path, tmp_path
     report writes (the same OSError a read-only mount raises)."""
     import errno
 
-    import study.results
+    import study.results as results_mod
 
-    study = copy_study(finished, tmp_path)
+    copied = copy_study(finished, tmp_path)
 
     def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", str(study / "results" / "trials.parquet"))
+        raise OSError(errno.EROFS, "Read-only file system", str(copied / "results" / "trials.parquet"))
 
-    monkeypatch.setattr(study.results, "write_parquet", read_only)
-    code, _, err = run(capsys, "report", "done", "--storage", str(study.parent))
+    monkeypatch.setattr(results_mod, "write_parquet", read_only)
+    code, _, err = run(capsys, "report", "done", "--storage", str(copied.parent))
     one_line_exit_2(code, err, "trials.parquet: cannot write the report (Read-only file system)")
 
 
