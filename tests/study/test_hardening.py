@@ -443,3 +443,19 @@ def test_checkpoints_are_read_with_weights_only_and_fall_back(tmp_path: Path) ->
                                            torch.device("cpu"), model, opt, sched, gen)  # fmt: skip
     assert (start, metrics) == (0, {}) and torch.equal(model.weight, before) and not marker.exists()
     assert "no other is readable; restarted from epoch 1" in note[RESTORE_NOTE]
+
+
+def test_a_new_trial_never_reuses_an_existing_trial_directory(tmp_path: Path) -> None:
+    """Tune reuses trial ids when it starts a study over (its id prefix is saved in tuner.pkl)."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from study.runner import trial_dirname
+
+    trial = SimpleNamespace(trial_id="abcde_00000", storage=SimpleNamespace(
+        storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(tmp_path)))  # fmt: skip
+    assert trial_dirname(trial) == "trial_abcde_00000"
+    (tmp_path / "trial_abcde_00000").mkdir()
+    other = trial_dirname(trial)
+    assert other.startswith("trial_abcde_00000_") and not (tmp_path / other).exists()
