@@ -363,7 +363,21 @@ def run_study(
     out = out or sys.stdout
     given_name = name
     _STOP.update(reason=None, detail=None)
-    _install_sigterm()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        _install_sigterm()
+        return _run_study(spec_path, given_name, storage, overrides, smoke, address, report, out)
+    finally:
+        if main_thread and previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_study(
+    spec_path: str | Path, name: str | None, storage: str | Path, overrides: list[str] | None, smoke: bool,
+    address: str | None, report: bool, out: TextIO,
+) -> RunOutcome:  # fmt: skip
+    given_name = name
     if address is not None:
         check_reachable(address)  # seconds, before the spec's imports
     spec = prepare_spec(spec_path, overrides or [], smoke)
@@ -470,6 +484,8 @@ def _run_locked(
             flush=True,
         )
         raise Terminated if _STOP["reason"] == "sigterm" else KeyboardInterrupt
+    if _STOP["reason"] == "sigterm":  # after the trials had finished: the tables are complete, still 143
+        raise Terminated
     return RunOutcome(study_dir, counts, report_path)
 
 
