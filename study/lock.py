@@ -100,8 +100,12 @@ class StudyLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError:  # a full disk: leave no empty lock behind
+                Path(self.path).unlink(missing_ok=True)
+                raise
             return True
         holder, _ = self._read()
         if holder is not None:
