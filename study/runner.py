@@ -585,7 +585,8 @@ def check_disk_space(store: Store, name: str) -> None:
 def make_guard_callback(store: Store, name: str):
     """A `ray.tune.Callback` that keeps a study safe while it runs (local storage): every second it
     checks the free space and stops the run (as Ctrl-C) before the disk is full; every 5 s it keeps a
-    copy of the newest good experiment state (`tune_state.backup_snapshot`); a trial failing with "no
+    copy of the newest good experiment state (`tune_state.backup_snapshot`; only while trials run:
+    when the run ends Tune marks the trials it stops as finished in its staging copy); a trial failing with "no
     space left" also stops the run, so no trial is failed for good for lack of space."""
     from ray.tune import Callback
 
@@ -616,16 +617,6 @@ def make_guard_callback(store: Store, name: str):
                 self.last_backup = now
                 try:
                     tune_state.backup_snapshot(staging, Path(self.root) / self.name)
-                except OSError:
-                    pass
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:  # after Tune's last state save
-            if self.root is not None and trials:
-                self.last_backup = 0.0
-                staging = getattr(trials[0].storage, "experiment_driver_staging_path", None)
-                try:
-                    if staging:
-                        tune_state.backup_snapshot(staging, Path(self.root) / self.name)
                 except OSError:
                     pass
 
