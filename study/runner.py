@@ -338,7 +338,7 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
             # deleted one after a crash); finished trials keep only their last (PruneCheckpoints)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
-            callbacks=[progress, results_mod.make_prune_callback(), make_guard_callback(store, name)],
+            callbacks=[progress, results_mod.make_prune_callback(), make_guard_callback()],
         ),
     )
 
@@ -582,7 +582,7 @@ def check_disk_space(store: Store, name: str) -> None:
                        f"{need / 1e6:.1f} MB); free some space, then run the same command again")  # fmt: skip
 
 
-def make_guard_callback(store: Store, name: str):
+def make_guard_callback():
     """A `ray.tune.Callback` that keeps a study safe while it runs (local storage): every second it
     checks the free space and stops the run (as Ctrl-C) before the disk is full; every 5 s it keeps a
     copy of the newest good experiment state (`tune_state.backup_snapshot`; only while trials run:
@@ -591,23 +591,29 @@ def make_guard_callback(store: Store, name: str):
     from ray.tune import Callback
 
     class GuardCallback(Callback):
-        def __init__(self, root: str | None, name: str) -> None:  # plain values: Tune pickles callbacks
-            self.root, self.name = root, name
+        """Holds no path: Tune pickles callbacks into tuner.pkl, and a study copied or moved elsewhere
+        must guard (and back up into) its new place, which the trials' storage context knows."""
+
+        def __init__(self) -> None:
             self.last_check = self.last_backup = 0.0
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             import study.runner as runner  # by reference: the module's _STOP, not a pickled copy
 
-            if self.root is None or not trials:
+            if not trials:
                 return
+            storage = trials[0].storage
+            if type(storage.storage_filesystem).__name__ != "LocalFileSystem":
+                return  # object stores: no free-space check, no backup (README)
+            study_dir = Path(storage.experiment_fs_path)
+            staging = getattr(storage, "experiment_driver_staging_path", None)
             now = time.time()
-            staging = getattr(trials[0].storage, "experiment_driver_staging_path", None)
             if now - self.last_check >= 1.0:
                 self.last_check = now
                 try:
                     states = tune_state.state_files(Path(staging)) if staging else []
                     need = runner.free_space_needed(max((f.stat().st_size for f in states), default=0))
-                    free = shutil.disk_usage(self.root).free
+                    free = shutil.disk_usage(study_dir).free
                 except OSError:
                     need, free = 0, 1
                 if free < need:
@@ -616,7 +622,7 @@ def make_guard_callback(store: Store, name: str):
             if staging and now - self.last_backup >= 5.0:
                 self.last_backup = now
                 try:
-                    tune_state.backup_snapshot(staging, Path(self.root) / self.name)
+                    tune_state.backup_snapshot(staging, study_dir)
                 except OSError:
                     pass
 
@@ -633,7 +639,7 @@ def make_guard_callback(store: Store, name: str):
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._failed(trial)
 
-    return GuardCallback(None if store.remote else store.root, name)
+    return GuardCallback()
 
 
 def prune_finished(store: Store, name: str) -> None:

@@ -219,9 +219,13 @@ def test_corrupt_experiment_state_resumes_from_the_backup(terminated: SimpleName
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     first = status.stdout.splitlines()[0] if status.stdout else ""
     assert status.returncode == 0 and sum(int(w) for w in first.split() if w.isdigit()) == 4, status.stdout
+    original = {p.name: p.read_bytes() for p in (terminated.study / ".state-backup").iterdir()}
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{state.name} is corrupt" in proc.stdout and "resuming from the backup copy" in proc.stdout
+    # the copy keeps its backups in its own directory, never in the study it was copied from
+    assert {p.name: p.read_bytes() for p in (terminated.study / ".state-backup").iterdir()} == original
+    assert list((study / ".state-backup").glob("experiment_state-*.json"))
     assert_complete(study)
     assert {d: (study / d / "params.json").read_text() for d in params} == params  # none overwritten
     assert (study / f"{state.name}.corrupt").exists()
