@@ -5,10 +5,11 @@ corrupt experiment state (1) and corrupt or crafted checkpoints (3, 4), and a fu
 One study is run once and stopped with SIGTERM while two of its trials have saved >= 2 checkpoints
 (module fixture); the other tests copy it and break the copy before resuming it. Asserts are on
 what a user sees: exit status, the one line, trial counts and epochs in the Parquet tables.
-Measured on 2 cores shared with other developers (load average 26-37): the SIGTERM fixture 121 s,
-the resume with bad checkpoints 174 s, the refused resume 23 s, the disk-full test 440 s (the stop
-and the resume); whole file about 15 min at that load, every subprocess has a timeout. The
-disk-full test needs root (a 48 MB tmpfs) and is skipped elsewhere.
+Measured on 2 cores shared with other developers (load average 6-12; `--durations`): the SIGTERM
+fixture 63 s, the resume with bad checkpoints 169 s, the resume from the backup state 95 s, the
+refused resume 10 s, the disk-full test 165 s (the stop and the resume); whole file 8.4 min (about
+15 min at load 30). Every subprocess has a timeout. The disk-full test needs root (a 48 MB tmpfs)
+and is skipped elsewhere.
 """
 
 from __future__ import annotations
