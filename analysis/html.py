@@ -211,7 +211,12 @@ def state_banner(counts: Mapping[str, int], *, link: bool = True) -> str:
             f'<div class="banner warn"><b>{counts["STOPPED"]} trial(s) stopped early</b> by the scheduler '
             "(ASHA): left out of means, shown in the parallel-coordinates plot.</div>"
         )
-    if not running and not failed:
+    if counts.get("MISSING", 0):
+        parts.append(
+            f'<div class="banner bad"><b>{counts["MISSING"]} trial(s) with missing data</b>: they finished but '
+            "their results are gone (trial directory or result.json deleted); left out of means.</div>"
+        )
+    if not running and not failed and not counts.get("MISSING", 0):
         parts.insert(0, f'<div class="banner ok"><b>Complete</b>: all {total} trials finished.</div>')
     return "".join(parts)
 
@@ -496,7 +501,7 @@ def _diff_ci(r: Mapping[str, Any], metric: str) -> str:
 
 def failures_html(trials: pd.DataFrame, keys: Sequence[str]) -> str:
     """Failed (ERROR) and diverged trials with their configuration and error text."""
-    bad = trials[trials["status"].isin(["ERROR", "DIVERGED"])]
+    bad = trials[trials["status"].isin(["ERROR", "DIVERGED", "MISSING"])]
     if bad.empty:
         return '<p class="note">None.</p>'
     shown = bad.head(MAX_FAILURE_ROWS)

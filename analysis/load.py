@@ -33,7 +33,8 @@ RESERVED_COLUMNS = (
     "config_id",
 )
 # STOPPED: ended early by the scheduler (ASHA) before its last epoch; like DIVERGED, left out of means
-STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR", "RUNNING", "PAUSED", "PENDING")
+# MISSING: finished, but its results are gone (trial directory or result.json deleted): left out of means
+STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR", "MISSING", "RUNNING", "PAUSED", "PENDING")
 UNFINISHED = ("RUNNING", "PAUSED", "PENDING")  # still to report: counted as running
 FINISHED = "TERMINATED"
 

@@ -8,12 +8,13 @@ Exit status: 0 success, 1 a run failure (a trial errored, or an unexpected crash
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from study.errors import UserError
+from study.errors import DiskFull, UserError, is_disk_full, one_line
 
 DEFAULT_STORAGE = os.environ.get("STUDY_STORAGE", "studies")
 
@@ -98,13 +99,30 @@ def study_dir(storage: str, name: str) -> Path:
     return store.pull(name)
 
 
+def study_containing(path: Path) -> Path | None:
+    """The study directory `path` is in (a directory with spec.yaml, Tune's tuner.pkl or an experiment
+    state, or any directory below one), None when it is in none."""
+    for d in [path, *path.parents]:
+        if (d / "spec.yaml").is_file() or (d / "tuner.pkl").is_file() or any(d.glob("experiment_state-*.json")):
+            return d
+    return None
+
+
 def push_results(storage: str, name: str) -> None:
     from study.storage import Store
 
     Store.open(storage).push(name, "results")
 
 
+def _os_error_line(e: OSError) -> str:
+    where = e.filename or "storage"
+    return f"{where}: cannot be written ({e.strerror or e}); the storage is read-only or not yours: use --storage DIR you can write"
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    from study.lock import refuse_if_running
+
+    refuse_if_running(a.spec, a.name, a.storage, a.overrides)  # in a second, before torch is imported
     from study.runner import run_study
 
     outcome = run_study(
@@ -146,19 +164,27 @@ def cmd_ls(a: argparse.Namespace) -> int:
     studies = list_studies(a.storage)
     if not studies:
         print(f"no studies under {a.storage}")
-    for s in studies:
-        print(f"{s['name']:<32} {format_counts(s['counts'])}")
+    for s in studies:  # a broken study is listed and marked, the others as usual
+        print(f"{s['name']:<32} {'BROKEN: ' + s['error'] if s['error'] else format_counts(s['counts'])}")
     return 0
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    from study.lock import holder_of
     from study.results import format_counts, study_counts
+    from study.storage import Store
 
     d = study_dir(a.storage, a.name)
     counts = study_counts(d)
     print(f"{a.name}: {format_counts(counts)}")
-    if any(counts.get(s) for s in ("RUNNING", "PENDING", "PAUSED")):
+    holder = holder_of(Store.open(a.storage), a.name)
+    if holder:
+        print(f"being run by `study run` on host {holder.get('host')}, pid {holder.get('pid')}, "
+              f"since {holder.get('started')}")  # fmt: skip
+    elif any(counts.get(s) for s in ("RUNNING", "PENDING", "PAUSED")):
         print("unfinished trials: if no `study run` is running this study, run it again to resume them")
+    if counts.get("MISSING"):
+        print(f"{counts['MISSING']} finished trial(s) have missing data (trial directory deleted?): marked MISSING")
     print(f"results: {d / 'results'}")
     return 0
 
@@ -171,13 +197,21 @@ def cmd_report(a: argparse.Namespace) -> int:
     d = study_dir(a.storage, a.name)
     spec = load_spec(d / "spec.yaml")
     trials, epochs = collect(d, spec)
-    write_results(d, spec, trials, epochs)
-    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    unfinished = {k: v for k, v in counts.items() if k not in ("TERMINATED", "DIVERGED")}
-    if unfinished:
-        print(f"{a.name}: partial results ({format_counts(counts)})")
-    write_report(d)
-    push_results(a.storage, a.name)
+    try:
+        write_results(d, spec, trials, epochs)
+        counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+        unfinished = {k: v for k, v in counts.items() if k not in ("TERMINATED", "DIVERGED")}
+        if unfinished:
+            print(f"{a.name}: partial results ({format_counts(counts)})")
+        write_report(d)
+        push_results(a.storage, a.name)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise UserError(
+                f"{e.filename or d / 'results'}: cannot write the report ({e.strerror}): the storage is read-only "
+                f"here; copy the study to a writable directory and run `study report {a.name} --storage DIR`"
+            ) from None
+        raise
     return 0
 
 
@@ -192,6 +226,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path(a.storage).expanduser() / f"compare-{'-'.join(a.names)}.html"
     if out.is_dir() or not out.parent.is_dir():
         raise UserError(f"--out {out}: must be a file path in an existing directory")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {out}: must be an .html file (the comparison page), e.g. --out compare.html")
+    inside = study_containing(out.resolve().parent)
+    if inside is not None:
+        raise UserError(f"--out {out}: is inside the study directory {inside}; a comparison never writes into a "
+                        "study: give a path outside it")  # fmt: skip
     print(f"comparison: {write_comparison(dirs, out)}")
     return 0
 
@@ -247,16 +287,34 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"study: error: {e}", file=sys.stderr)
+        print(f"study: error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except DiskFull as e:  # the run stopped and saved its state: resumable once space is freed
+        if args.debug:
+            traceback.print_exc()
+        print(f"study: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        from study.runner import Terminated
+
+        if isinstance(e, Terminated):
+            print("study: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+            return 143
         print("study: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as e:  # an unexpected failure: one line unless --debug
         if args.debug:
             traceback.print_exc()
-        else:
-            print(f"study: run failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        if is_disk_full(e):
+            print(f"study: error: {e.filename or 'storage'}: no space left on device; free some space and run the "
+                  "same command again", file=sys.stderr)  # fmt: skip
+            return 1
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):  # storage not writable
+            print(f"study: error: {one_line(_os_error_line(e))}", file=sys.stderr)
+            return 2
+        if not args.debug:
+            print(f"study: run failed: {type(e).__name__}: {one_line(e, 500)} (rerun with --debug for the traceback)",
+                  file=sys.stderr)  # fmt: skip
         return 1
 
 

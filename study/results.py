@@ -8,7 +8,6 @@ the Parquet schema metadata under the key ``study``. `ProgressCallback` prints p
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import sys
@@ -21,7 +20,8 @@ import yaml
 
 from analysis.load import STATUSES, default_mode
 from analysis.report import write_parquet
-from study.errors import UserError
+from study import tune_state
+from study.errors import UserError, one_line
 from study.spec import Spec
 
 # columns Ray adds to every result row that are not metrics
@@ -31,17 +31,6 @@ RAY_KEYS = {
     "experiment_tag", "error", "time_total_s",
 }  # fmt: skip
 NOT_METRICS = {"epoch", "params", "diverged", "lr"}
-
-
-def _latest_state(study_dir: Path) -> dict | None:
-    # the newest by the timestamp in the name (mtimes change when Tune syncs old files again)
-    files = sorted(glob.glob(str(study_dir / "experiment_state-*.json")))
-    for f in reversed(files):
-        try:
-            return json.loads(Path(f).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -71,22 +60,20 @@ def _error_message(trial_dir: Path, meta: dict) -> str | None:
 
 
 def _trials_from_state(study_dir: Path) -> list[dict]:
-    """[{trial_id, status, config, logdir, meta}] from the latest experiment state."""
-    state = _latest_state(study_dir)
+    """[{trial_id, status, config, logdir, meta}] from the latest readable experiment state (read as
+    JSON by `study.tune_state`, never unpickled; a corrupt newer file is passed over)."""
     out = []
-    if state is not None:
-        for trial_json, meta_json in state.get("trial_data", []):
-            t = json.loads(trial_json)
-            meta = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
-            out.append(
-                {
-                    "trial_id": t["trial_id"],
-                    "status": t.get("status", "PENDING"),
-                    "config": t.get("config", {}),
-                    "logdir": t.get("relative_logdir") or f"trial_{t['trial_id']}",
-                    "meta": meta or {},
-                }
-            )
+    latest = tune_state.read_latest(Path(study_dir))
+    if latest.path is None and latest.skipped:
+        raise tune_state.StateError(latest.skipped[0][1])  # every state file is corrupt: say so, not "no trials"
+    if latest.path is None and any(Path(study_dir).glob("trial_*/result.json")):
+        raise tune_state.StateError(
+            f"{study_dir}: no {tune_state.STATE_PATTERN} (Tune's saved state) although trials have results: "
+            "the state was deleted; the trials cannot be told apart from leftovers"
+        )
+    for t in latest.trials:
+        meta = {"num_failures": t.num_failures, "last_result": t.last_result, "error_filename": t.error_filename}
+        out.append({"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir, "meta": meta})
     # Trial dirs missing from the state were started after its last snapshot by a driver that was then
     # killed; the resumed run starts those trials again under new ids, so they are not counted here.
     return out
@@ -99,6 +86,7 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     hp_cols = hyperparameter_columns(spec)
     epochs_default = get_family(spec.trainable).all_defaults["epochs"]
+    scheduler = spec.scheduler.type != "none"
     trial_rows, epoch_rows = [], []
     for t in _trials_from_state(study_dir):
         trial_dir = study_dir / t["logdir"]
@@ -124,7 +112,10 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         last = epochs[-1] if epochs else {}
         config = t["config"]
-        status = final_status(t["status"], last, config.get("epochs", epochs_default))
+        status = final_status(t["status"], last, config.get("epochs", epochs_default), scheduler=scheduler)
+        missing = missing_data(trial_dir, t["status"], epochs, config.get("epochs", epochs_default), status)
+        if missing and status != "ERROR":
+            status = "MISSING"
         row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
         for c in hp_cols:
             row[c] = _cell(config.get(c))
@@ -142,7 +133,7 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["wall_time_s"] = _num(last.get("time_total_s")) if last else 0.0
         row["num_failures"] = int(t["meta"].get("num_failures", 0) or 0)
         err = _error_message(trial_dir, t["meta"]) if status == "ERROR" else None
-        row["error"] = err or (last.get("error") if status == "DIVERGED" else None)
+        row["error"] = missing or err or (last.get("error") if status == "DIVERGED" else None)
         trial_rows.append(row)
     trials = pd.DataFrame(sorted(trial_rows, key=lambda r: r["trial_id"]))
     if trials.empty:
@@ -213,14 +204,47 @@ def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no trials"
 
 
-def final_status(status: str, last: dict, epochs: int) -> str:
+def final_status(status: str, last: dict, epochs: int, scheduler: bool = True) -> str:
     """Tune's status, with a TERMINATED trial told apart by its last result: DIVERGED (it stopped
-    itself on a NaN/inf loss) or STOPPED (the scheduler ended it before `epochs`)."""
+    itself on a NaN/inf loss), STOPPED (a `scheduler` ended it before `epochs`) or, without a
+    scheduler, MISSING (its last epochs are not on record: nothing but missing data ends it early)."""
     if status == "TERMINATED" and last.get("diverged"):
         return "DIVERGED"
     if status == "TERMINATED" and int(last.get("epoch", 0) or 0) < int(epochs):
-        return "STOPPED"
+        return "STOPPED" if scheduler else "MISSING"
     return status
+
+
+def missing_data(trial_dir: Path, status: str, epochs: list[dict], n_epochs: int, final: str) -> str | None:
+    """Why a finished trial's data is missing (its directory, its result.json, or epochs of a trial
+    that ran them all), or None. Such a trial is reported as MISSING, never as stopped or complete."""
+    if status not in ("TERMINATED", "ERROR"):
+        return None
+    if not trial_dir.is_dir():
+        return f"{trial_dir.name}: trial directory missing (deleted or not synced); its results are lost"
+    if status == "ERROR":
+        return None
+    if not epochs:
+        return f"{trial_dir.name}/result.json: missing or empty; the trial finished but its results are lost"
+    done = [int(r["epoch"]) for r in epochs]
+    if final == "MISSING" or (final == "TERMINATED" and done != list(range(1, int(n_epochs) + 1))):
+        gaps = sorted(set(range(1, int(n_epochs) + 1)) - set(done))
+        return f"{trial_dir.name}/result.json: epochs {_ranges(gaps)} of {n_epochs} missing"
+    return None
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "none"
+    out, start, prev = [], values[0], values[0]
+    for v in [*values[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
 
 
 def study_counts(study_dir: Path) -> dict[str, int]:
@@ -228,15 +252,23 @@ def study_counts(study_dir: Path) -> dict[str, int]:
     from trainables import get_family
 
     spec_file = Path(study_dir) / "spec.yaml"
-    raw = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+    try:
+        raw = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{spec_file}: cannot be read ({one_line(e, 200)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{spec_file}: not a study spec (a mapping of keys)")
     try:  # a trial's config holds its fixed and searched keys: only the family default is missing
         epochs_default = get_family(raw.get("trainable", "")).all_defaults["epochs"]
     except UserError:  # no spec (yet): epochs unknown, so no STOPPED
         epochs_default = 0
+    scheduler = (raw.get("scheduler") or {}).get("type", "none") != "none"
     counts: dict[str, int] = {}
     for t in _trials_from_state(study_dir):
         last = t["meta"].get("last_result") or {}
-        status = final_status(t["status"], last, t["config"].get("epochs", epochs_default))
+        status = final_status(t["status"], last, t["config"].get("epochs", epochs_default), scheduler=scheduler)
+        if t["status"] == "TERMINATED" and not (Path(study_dir) / t["logdir"]).is_dir():
+            status = "MISSING"
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -248,9 +280,18 @@ def list_studies(storage: str | Path) -> list[dict[str, Any]]:
     store = Store.open(storage)
     out = []
     for name in store.names():
-        study_dir = store.pull(name)
-        out.append({"name": name, "dir": study_dir, "counts": study_counts(study_dir)})
+        try:  # one broken study (bad spec.yaml, unreadable state) is marked, the others still listed
+            study_dir = store.pull(name)
+            out.append({"name": name, "dir": study_dir, "counts": study_counts(study_dir), "error": None})
+        except Exception as e:  # noqa: BLE001
+            out.append({"name": name, "dir": None, "counts": {}, "error": one_line(e, 300)})
     return out
+
+
+def _short_value(v: Any) -> str:
+    from study.errors import short
+
+    return str(v) if isinstance(v, (int, bool)) else short(v, 40).strip("'")
 
 
 def _fmt_duration(s: float) -> str:
@@ -258,8 +299,14 @@ def _fmt_duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+MAX_TRIAL_LINES = 20  # one-line messages about single trials (failures, retries, checkpoint fallbacks)
+MAX_PROGRESS_STEPS = 50  # a study of more trials prints a line per total/50 finished trials
+
+
 def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
-    """A `ray.tune.Callback` printing one progress line per finished trial and every `every_s` seconds."""
+    """A `ray.tune.Callback` printing progress lines: one per finished trial (per `n_trials /
+    MAX_PROGRESS_STEPS` finished trials in a large study) and every `every_s` seconds; one line per
+    failed or retried trial and per checkpoint fallback, the first `MAX_TRIAL_LINES` of them."""
     from ray.tune import Callback
 
     class ProgressCallback(Callback):
@@ -269,6 +316,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             self.last_print = 0.0
             self.last_line = ""
             self.out = out
+            self.trial_lines = 0
 
         def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment: not the stream
             return {k: v for k, v in self.__dict__.items() if k != "out"}
@@ -294,7 +342,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             line = f"[study] {done}/{total} done, {counts.get('RUNNING', 0)} running, {counts.get('ERROR', 0)} failed"
             if best is not None:
                 shown = {k: best_trial.config.get(k) for k in [*spec.space, "seed"] if k in best_trial.config}
-                hp = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+                hp = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={_short_value(v)}" for k, v in shown.items())
                 line += f" | best {spec.metric}={best:.4g} ({hp})"
             line += f" | {_fmt_duration(elapsed)}"
             return line
@@ -308,23 +356,41 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             self._print(trials, ending=trial, status="TERMINATED")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            print(
-                f"[study] trial {trial.trial_id} failed for good: {error_line(trial.error_file, 200) or 'see its error.txt'}",
-                file=self.out,
-                flush=True,
+            self._trial_line(
+                f"[study] trial {trial.trial_id} failed for good: {error_line(trial.error_file, 200) or 'see its error.txt'}"
             )
             self._print(trials, ending=trial, status="ERROR")
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             n = trial.run_metadata.num_failures
-            print(f"[study] trial {trial.trial_id} failed ({error_line(trial.error_file, 200) or 'see its error.txt'}); "
-                  f"retry {n} of {self.spec.max_failures}, from its last checkpoint", file=self.out, flush=True)  # fmt: skip
+            self._trial_line(f"[study] trial {trial.trial_id} failed ({error_line(trial.error_file, 200) or 'see its error.txt'}); "
+                             f"retry {n} of {self.spec.max_failures}, from its last checkpoint")  # fmt: skip
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            note = result.get("restore_note")  # trainables.common.RESTORE_NOTE: a checkpoint could not be read
+            if note:
+                self._trial_line(f"[study] trial {trial.trial_id}: {one_line(note, 300)}")
+
+        def _trial_line(self, line: str) -> None:
+            self.trial_lines += 1
+            if self.trial_lines <= MAX_TRIAL_LINES:
+                print(line, file=self.out, flush=True)
+            elif self.trial_lines == MAX_TRIAL_LINES + 1:
+                print(f"[study] more than {MAX_TRIAL_LINES} trial messages: the rest are counted in the progress "
+                      "lines (errors in trials.parquet and the report)", file=self.out, flush=True)  # fmt: skip
 
         def _print(self, trials: list, force: bool = False, ending: Any = None, status: str = "") -> None:
             line = self._line(trials, ending, status)
-            if force or line.split(" | ")[0] != self.last_line.split(" | ")[0]:
-                print(line, file=self.out, flush=True)
-                self.last_line, self.last_print = line, time.time()
+            if not force and line.split(" | ")[0] == self.last_line.split(" | ")[0]:
+                return
+            if not force:  # a large study: a line per `step` finished trials (and the last one), or every 5 s
+                total = max(len(trials), self.spec.n_trials())
+                step = max(1, -(-total // MAX_PROGRESS_STEPS))
+                done = int(line.split("[study] ", 1)[1].split("/", 1)[0])
+                if done % step and done < total and time.time() - self.last_print < 5:
+                    return
+            print(line, file=self.out, flush=True)
+            self.last_line, self.last_print = line, time.time()
 
     return ProgressCallback(spec, out)
 
@@ -342,19 +408,21 @@ def prune_checkpoints(fs: Any, exp_path: str, skip: set[str] | None = None) -> s
     if not states:
         return done
     with fs.open_input_stream(states[-1]) as f:
-        state = json.loads(f.read())
-    for trial_json, _ in state.get("trial_data", []):
-        t = json.loads(trial_json)
-        if t.get("status") not in ("TERMINATED", "ERROR") or t["trial_id"] in (skip or ()):
+        try:
+            trials = tune_state.parse_state(f.read(), states[-1])
+        except tune_state.StateError:  # a corrupt state: prune nothing (the run repairs it on resume)
+            return done
+    for t in trials:
+        if t.status not in ("TERMINATED", "ERROR") or t.trial_id in (skip or ()):
             continue
-        trial_dir = f"{exp_path}/{t.get('relative_logdir') or 'trial_' + t['trial_id']}"
+        trial_dir = f"{exp_path}/{t.logdir}"
         found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
         ckpts = sorted(
             i.path for i in found if i.base_name.startswith("checkpoint_") and i.type == pyarrow.fs.FileType.Directory
         )
         for old in ckpts[:-1]:
             fs.delete_dir(old)
-        done.add(t["trial_id"])
+        done.add(t.trial_id)
     return done
 
 

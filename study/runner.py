@@ -12,8 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +27,9 @@ import yaml
 
 from analysis.report import write_text
 from study import results as results_mod
-from study.errors import UserError
+from study import tune_state
+from study.errors import DiskFull, UserError, is_disk_full, one_line, short
+from study.lock import StudyLock
 from study.spec import Spec, check_configs, check_name, load_spec, smoke_spec, spec_to_yaml, to_param_space
 from study.storage import Store
 
@@ -50,7 +57,76 @@ def trial_entry(config: dict, data: Any = None, *, family_name: str, seeds: list
 
 
 def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+    """``trial_<id>``; never an existing directory (a new trial must not write into another's)."""
+    name = f"trial_{trial.trial_id}"
+    try:
+        import pyarrow.fs
+
+        storage = trial.storage
+        info = storage.storage_filesystem.get_file_info(f"{storage.experiment_fs_path}/{name}")
+        if info.type != pyarrow.fs.FileType.NotFound:
+            name += f"_{uuid.uuid4().hex[:6]}"
+    except Exception:  # noqa: BLE001 - no storage yet: Tune's own unique-name rule applies
+        pass
+    return name
+
+
+# Why the current run is being stopped early (set by signal handlers and the guard callback, which run in
+# the driver's main thread; Tune pickles callbacks, so this lives at module level)
+_STOP: dict[str, str | None] = {"reason": None, "detail": None}
+
+
+def request_stop(reason: str, detail: str) -> None:
+    """Stop the study as Ctrl-C does (Tune saves the state; unfinished trials stay resumable)."""
+    if _STOP["reason"] is None:
+        _STOP.update(reason=reason, detail=detail)
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        handler(signal.SIGUSR1, None)  # Tune's interrupt handler: ends the run loop after this step
+    else:
+        raise KeyboardInterrupt
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (kill, a batch system, docker stop) is handled as Ctrl-C."""
+    first = _STOP["reason"] is None
+    if first:
+        _STOP.update(reason="sigterm", detail="SIGTERM")
+    handler = signal.getsignal(signal.SIGINT)
+    if first and callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)  # Tune's graceful stop while it runs
+        return
+    raise Terminated
+
+
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by SIGTERM (exit status 143)."""
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class _RayLogGuard(logging.Filter):
+    """On Tune's controller and experiment-state loggers: hides their per-trial tracebacks (our
+    progress lines report failures), stops the run when Tune failed to restore a study (it would
+    silently start it over), and turns a failed state upload on a full disk into a stop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Failed to restore the run state"):
+            exc = record.exc_info[1] if record.exc_info else None
+            _STOP.update(reason="restore_failed", detail=one_line(f"{type(exc).__name__}: {exc}", 300))
+            raise tune_state.StateError(f"Tune could not restore the study ({_STOP['detail']})")
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_disk_full(exc):
+            if _STOP["reason"] is None:
+                _STOP.update(reason="disk_full", detail=one_line(exc, 200))
+            return False  # one line at the end says it
+        if record.name.endswith("experiment_state"):  # other failures to save the state stay visible
+            return record.levelno >= logging.WARNING
+        return record.levelno >= logging.CRITICAL
 
 
 def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Spec:
@@ -74,7 +150,7 @@ def spec_difference(old: dict, new: dict, prefix: str = "") -> str | None:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             return spec_difference(a, b, f"{prefix}{key}.")
-        return f"{prefix}{key} was {a!r}, now {b!r}"
+        return f"{prefix}{key} was {short(a)}, now {short(b)}"
     return None
 
 
@@ -201,7 +277,15 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
     path = store.study_path(name)
     if tune.Tuner.can_restore(path):
         print(f"[study] resuming {path}", file=progress.out, flush=True)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        try:
+            return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        except Exception as e:  # noqa: BLE001 - a cut or foreign tuner.pkl: Ray raises whatever unpickling raised
+            if is_disk_full(e):
+                raise
+            raise tune_state.StateError(
+                f"{path}/tuner.pkl: Tune cannot read it ({type(e).__name__}: {one_line(e, 150)}); the study cannot "
+                "be resumed: start it again under a new --name"
+            ) from None
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
     param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
@@ -254,7 +338,7 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
             # deleted one after a crash); finished trials keep only their last (PruneCheckpoints)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
-            callbacks=[progress, results_mod.make_prune_callback()],
+            callbacks=[progress, results_mod.make_prune_callback(), make_guard_callback()],
         ),
     )
 
@@ -270,9 +354,30 @@ def run_study(
     report: bool = True,
     out: TextIO | None = None,
 ) -> RunOutcome:
-    """Run (or resume) a study and write its results; see the module docstring."""
+    """Run (or resume) a study and write its results; see the module docstring.
+
+    Raises `UserError` (bad input, a study another run holds), `DiskFull` (the storage filled up:
+    rerun once space is freed), `KeyboardInterrupt` (Ctrl-C; `Terminated` for SIGTERM) after writing
+    the tables of what finished."""
 
     out = out or sys.stdout
+    given_name = name
+    _STOP.update(reason=None, detail=None)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        _install_sigterm()
+        return _run_study(spec_path, given_name, storage, overrides, smoke, address, report, out)
+    finally:
+        if main_thread and previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_study(
+    spec_path: str | Path, name: str | None, storage: str | Path, overrides: list[str] | None, smoke: bool,
+    address: str | None, report: bool, out: TextIO,
+) -> RunOutcome:  # fmt: skip
+    given_name = name
     if address is not None:
         check_reachable(address)  # seconds, before the spec's imports
     spec = prepare_spec(spec_path, overrides or [], smoke)
@@ -280,7 +385,51 @@ def run_study(
         spec = spec.model_copy(update={"name": check_name(name, "--name")})
     name = spec.name
     store = Store.open(storage, create=True)
+    resume_cmd = shlex.join(
+        ["study", "run", str(spec_path), *(["--name", given_name] if given_name else []),
+         "--storage", str(storage), *[a for o in (overrides or []) for a in ("--set", o)],
+         *(["--smoke"] if smoke else []), *(["--address", address] if address else []),
+         *([] if report else ["--no-report"])]
+    )  # fmt: skip
+    try:
+        lock = StudyLock(store, name).acquire()
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(f"--storage {store.root}: no space left on device; free some space and run: {resume_cmd}") from None
+        raise
+    if lock.note:
+        print(f"[study] {name}: {lock.note}", file=out, flush=True)
+    try:
+        return _run_locked(spec, spec_path, store, name, address, report, out, resume_cmd)
+    except Exception as e:
+        if is_disk_full(e) or _STOP["reason"] == "disk_full":
+            raise DiskFull(_disk_full_line(store, resume_cmd, _STOP["detail"] or one_line(e, 200))) from None
+        if _STOP["reason"] == "restore_failed" and not isinstance(e, UserError):
+            raise tune_state.StateError(
+                f"{store.study_path(name)}: Tune could not restore the study ({_STOP['detail']}); nothing was run"
+            ) from None
+        raise
+    finally:
+        lock.release()
 
+
+def _disk_full_line(store: Store, resume_cmd: str, detail: str) -> str:
+    free = ""
+    if not store.remote:
+        try:
+            free = f", {shutil.disk_usage(store.root).free / 1e6:.1f} MB free"
+        except OSError:
+            pass
+    return (
+        f"--storage {store.root}: no space left on device{free} ({one_line(detail, 160)}); the study was stopped "
+        f"with nothing lost: free some space, then run the same command again to resume: {resume_cmd}"
+    )
+
+
+def _run_locked(
+    spec: Spec, spec_path: str | Path, store: Store, name: str, address: str | None, report: bool, out: TextIO,
+    resume_cmd: str,
+) -> RunOutcome:  # fmt: skip
     where = store.study_path(name)
     print(
         f"[study] {name}: {spec.n_trials()} trials of {spec.trainable} on {spec.data.source} -> {where}",
@@ -294,6 +443,8 @@ def run_study(
         print(f"[study] {name}: already complete ({results_mod.format_counts(complete)})", file=out, flush=True)
     else:
         interrupted = _run_trials(spec, spec_path, store, name, address, out)
+    if _STOP["reason"] == "disk_full":  # the tables would not fit either: stop here, the state is saved
+        raise DiskFull(_disk_full_line(store, resume_cmd, _STOP["detail"] or ""))
     study_dir = store.pull(name)
     trials, epochs = results_mod.collect(study_dir, spec)
     results_mod.write_results(study_dir, spec, trials, epochs)
@@ -317,14 +468,24 @@ def run_study(
             file=out,
             flush=True,
         )
-    unfinished = sum(counts.get(s, 0) for s in ("RUNNING", "PAUSED", "PENDING"))
-    if interrupted or unfinished:  # Tune stops gracefully on Ctrl-C and returns what it has
+    if counts.get("MISSING"):
         print(
-            f"[study] interrupted with {unfinished} trial(s) unfinished: run the same command again to resume",
+            f"[study] {counts['MISSING']} finished trial(s) have missing data (deleted trial directories or "
+            "result files); they are marked MISSING in trials.parquet and the report",
             file=out,
             flush=True,
         )
-        raise KeyboardInterrupt
+    unfinished = sum(counts.get(s, 0) for s in ("RUNNING", "PAUSED", "PENDING"))
+    if interrupted or unfinished:  # Tune stops gracefully on Ctrl-C and returns what it has
+        print(
+            f"[study] interrupted with {unfinished} trial(s) unfinished: run the same command again to resume: "
+            f"{resume_cmd}",
+            file=out,
+            flush=True,
+        )
+        raise Terminated if _STOP["reason"] == "sigterm" else KeyboardInterrupt
+    if _STOP["reason"] == "sigterm":  # after the trials had finished: the tables are complete, still 143
+        raise Terminated
     return RunOutcome(study_dir, counts, report_path)
 
 
@@ -332,16 +493,41 @@ def complete_counts(store: Store, name: str, spec: Spec) -> dict[str, int] | Non
     """Trials by status of a study whose every trial has finished (read from its saved state), else None."""
     if store.read_text(name, SPEC_FILE) is None:
         return None
-    counts = results_mod.study_counts(store.pull(name))
+    try:
+        counts = results_mod.study_counts(store.pull(name))
+    except tune_state.StateError:  # a corrupt state: `repair_state` deals with it (or refuses)
+        return None
     finished = sum(counts.get(s, 0) for s in ("TERMINATED", "DIVERGED", "STOPPED", "ERROR"))
     return counts if finished == sum(counts.values()) == spec.n_trials() else None
 
 
+def repair_state(store: Store, name: str, out: TextIO) -> None:
+    """Before Tune restores a study: a corrupt newest state is replaced by the newest good snapshot (or
+    the run is refused, exit 2), so Tune never fails to restore and silently starts the study over."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(store.study_path(name)):
+        return
+    if store.remote:  # checked on the local mirror; repairing shared storage is left to the user
+        mirror = store.pull(name)
+        files = tune_state.state_files(mirror)
+        if files:
+            tune_state.parse_state(files[-1].read_bytes(), f"{store.study_path(name)}/{files[-1].name}")
+        return
+    note = tune_state.repair_state(store.local_dir(name))
+    if note:
+        print(f"[study] {name}: {note}", file=out, flush=True)
+
+
 def _run_trials(spec: Spec, spec_path: str | Path, store: Store, name: str, address: str | None, out: TextIO) -> bool:
-    """Start or resume the study's trials on Ray and wait for them; True if interrupted (Ctrl-C)."""
+    """Start or resume the study's trials on Ray and wait for them; True if interrupted (Ctrl-C, SIGTERM,
+    a full disk)."""
     from trainables import get_family
 
+    repair_state(store, name, out)  # before anything starts: a refused study starts no Ray
+    check_disk_space(store, name)
     init_ray(address)
+    _install_sigterm()  # after ray.init, which installs its own (sys.exit: a native crash mid-run)
     check_resources(spec)
     t0 = time.time()
     data = get_family(spec.trainable).load_data(spec.data.source, spec.data.root, **spec.data.options)
@@ -355,8 +541,13 @@ def _run_trials(spec: Spec, spec_path: str | Path, store: Store, name: str, addr
     # a trial that diverges in its first epoch reports no metric yet (it is recorded as DIVERGED)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # trial failures are reported by our progress lines (one line each) and kept in trials.parquet;
-    # Tune's own log would print a traceback per failed attempt
-    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    # Tune's own log would print a traceback per failed attempt. A failed restore stops the run.
+    guard = _RayLogGuard()
+    for logger_name in ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state"):
+        logger = logging.getLogger(logger_name)
+        logger.setLevel(logging.INFO)
+        if not any(isinstance(f, _RayLogGuard) for f in logger.filters):
+            logger.addFilter(guard)
     progress = results_mod.make_progress_callback(spec, out=out)
     tuner = build_tuner(spec, store, name, data, progress)
     interrupted = False
@@ -364,8 +555,91 @@ def _run_trials(spec: Spec, spec_path: str | Path, store: Store, name: str, addr
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    if _STOP["reason"] in ("sigterm", "disk_full"):
+        interrupted = True
     prune_finished(store, name)  # the final state is saved now: finished trials keep their last checkpoint
     return interrupted
+
+
+MIN_FREE_MB = float(os.environ.get("STUDY_MIN_FREE_MB", "4"))  # stop before the storage is full
+
+
+def free_space_needed(state_bytes: int) -> float:
+    """Bytes a run keeps free on local storage: a margin plus two copies of the experiment state
+    (Tune rewrites it every few seconds; the tables need about as much)."""
+    return MIN_FREE_MB * 1e6 + 2 * state_bytes
+
+
+def check_disk_space(store: Store, name: str) -> None:
+    """Refuse to start (DiskFull, exit 1) on local storage with less than `free_space_needed` free."""
+    if store.remote:
+        return
+    files = tune_state.state_files(store.local_dir(name))
+    need = free_space_needed(max((f.stat().st_size for f in files), default=0))
+    free = shutil.disk_usage(store.root).free
+    if free < need:
+        raise DiskFull(f"--storage {store.root}: no space left on device ({free / 1e6:.1f} MB free, a run needs "
+                       f"{need / 1e6:.1f} MB); free some space, then run the same command again")  # fmt: skip
+
+
+def make_guard_callback():
+    """A `ray.tune.Callback` that keeps a study safe while it runs (local storage): every second it
+    checks the free space and stops the run (as Ctrl-C) before the disk is full; every 5 s it keeps a
+    copy of the newest good experiment state (`tune_state.backup_snapshot`; only while trials run:
+    when the run ends Tune marks the trials it stops as finished in its staging copy); a trial failing with "no
+    space left" also stops the run, so no trial is failed for good for lack of space."""
+    from ray.tune import Callback
+
+    class GuardCallback(Callback):
+        """Holds no path: Tune pickles callbacks into tuner.pkl, and a study copied or moved elsewhere
+        must guard (and back up into) its new place, which the trials' storage context knows."""
+
+        def __init__(self) -> None:
+            self.last_check = self.last_backup = 0.0
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            import study.runner as runner  # by reference: the module's _STOP, not a pickled copy
+
+            if not trials:
+                return
+            storage = trials[0].storage
+            if type(storage.storage_filesystem).__name__ != "LocalFileSystem":
+                return  # object stores: no free-space check, no backup (README)
+            study_dir = Path(storage.experiment_fs_path)
+            staging = getattr(storage, "experiment_driver_staging_path", None)
+            now = time.time()
+            if now - self.last_check >= 1.0:
+                self.last_check = now
+                try:
+                    states = tune_state.state_files(Path(staging)) if staging else []
+                    need = runner.free_space_needed(max((f.stat().st_size for f in states), default=0))
+                    free = shutil.disk_usage(study_dir).free
+                except OSError:
+                    need, free = 0, 1
+                if free < need:
+                    runner.request_stop("disk_full", f"{free / 1e6:.1f} MB free, {need / 1e6:.1f} MB needed")
+                    return
+            if staging and now - self.last_backup >= 5.0:
+                self.last_backup = now
+                try:
+                    tune_state.backup_snapshot(staging, study_dir)
+                except OSError:
+                    pass
+
+        def _failed(self, trial: Any) -> None:
+            import study.runner as runner
+
+            text = results_mod.error_line(trial.error_file, 300) or ""
+            if "No space left on device" in text or "Disk quota exceeded" in text:
+                runner.request_stop("disk_full", text)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._failed(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._failed(trial)
+
+    return GuardCallback()
 
 
 def prune_finished(store: Store, name: str) -> None:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from study.errors import UserError
+from study.errors import UserError, one_line, short
 
 
 class _Strict(BaseModel):
@@ -33,7 +33,7 @@ class Grid(_Strict):
     def _distinct(cls, values: list[Any]) -> list[Any]:
         twice = [v for i, v in enumerate(values) if v in values[:i]]  # lists are values too: no set()
         if twice:
-            raise ValueError(f"grid values must be distinct (each is run once per seed), but {twice[0]!r} is repeated")
+            raise ValueError(f"grid values must be distinct (each is run once per seed), but {short(twice[0])} is repeated")
         return values
 
 
@@ -217,7 +217,7 @@ class Spec(_Strict):
         for key, dom in space.items():
             if not isinstance(dom, dict) or len(dom) != 1 or next(iter(dom)) not in DOMAIN_KINDS:
                 raise ValueError(
-                    f"space.{key}: must be a mapping with exactly one of {', '.join(DOMAIN_KINDS)}, but got {dom!r}"
+                    f"space.{key}: must be a mapping with exactly one of {', '.join(DOMAIN_KINDS)}, but got {short(dom)}"
                 )
         return space
 
@@ -226,7 +226,7 @@ class Spec(_Strict):
         if self.repeats is not None and self.seeds is not None:
             raise ValueError("give either repeats or seeds, not both")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, but got {self.seeds}")
+            raise ValueError(f"seeds must be distinct, but got {short(self.seeds)}")
         if "seed" in self.space or "seed" in self.fixed:
             raise ValueError("seed is set by repeats/seeds, not by space or fixed")
         both = sorted(set(self.space) & (set(self.fixed) | set(self.data.config)))
@@ -253,7 +253,12 @@ class Spec(_Strict):
     def n_trials(self) -> int:
         sizes = [len(d.grid) for d in self.space.values() if isinstance(d, Grid)]
         grid = max(sizes, default=1) if self.search.grid == "cover" else math.prod(sizes)
-        return grid * self.search.num_samples * len(self.seed_list)
+        return grid * self.search.num_samples * self.n_seeds
+
+    @property
+    def n_seeds(self) -> int:
+        """len(seed_list) without building the list (repeats are checked against MAX_REPEATS after this)."""
+        return len(self.seeds) if self.seeds is not None else (self.repeats or 1)
 
 
 def default_paper_datasets(raw: Any) -> Any:
@@ -290,7 +295,7 @@ def _format_error(path: str, err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     where = _loc(first["loc"])
     value = first.get("input")
-    shown = "" if first["type"] == "missing" or "got" in msg or not first["loc"] else f" (got {value!r})"
+    shown = "" if first["type"] == "missing" or "got" in msg or not first["loc"] else f" (got {short(value)})"
     if msg.startswith(f"{where}."):  # the validator named the exact key path itself
         where, msg = msg.split(": ", 1)
     extra = len({_loc(e["loc"]) for e in errors}) - 1
@@ -339,8 +344,85 @@ _Loader.add_implicit_resolver(
 )
 
 
+# Limits checked before anything is built from a spec (a seed list, a grid, a YAML value): each
+# stops a typo (repeats=1e9, a 3x10^10 grid) or a hostile file before it eats the machine's memory.
+MAX_TRIALS = 100_000  # trials in one study (grid points x samples x seeds)
+MAX_REPEATS = 1_000  # seeds per configuration (repeats, or the length of seeds)
+MAX_SAMPLES = 100_000  # search.num_samples
+MAX_YAML_VALUES = 100_000  # scalars, lists and mappings in one YAML document, aliases expanded
+
+
+def check_limits(spec: Spec, path: str | Path) -> None:
+    """One-line errors for studies too large to run (`MAX_TRIALS`, `MAX_REPEATS`, `MAX_SAMPLES`),
+    computed from sizes only (nothing is materialised)."""
+    key = "seeds" if spec.seeds is not None else "repeats"
+    if spec.n_seeds > MAX_REPEATS:
+        raise UserError(f"{path}: {key}: at most {MAX_REPEATS:,} seeds per configuration (got {spec.n_seeds:,})")
+    if spec.search.num_samples > MAX_SAMPLES:
+        raise UserError(
+            f"{path}: search.num_samples: at most {MAX_SAMPLES:,} (got {spec.search.num_samples:,})"
+        )
+    n = spec.n_trials()
+    if n > MAX_TRIALS:
+        sizes = [f"{len(d.grid)} {k}" for k, d in spec.space.items() if isinstance(d, Grid)]
+        factors = " x ".join([*sizes, f"{spec.search.num_samples} samples", f"{spec.n_seeds} seeds"])
+        raise UserError(
+            f"{path}: space: the study would run {n:.3g} trials ({one_line(factors, 200)}); at most {MAX_TRIALS:,} "
+            "per study: split it into several studies or search it with optuna/random num_samples"
+        )
+
+
+class _TooLarge(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _check_expansion(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> None:
+    """Raise `_TooLarge` when the document, with every alias expanded, has more than `limit` values
+    (nested aliases: a 1 KB file can stand for billions). Sizes are memoised per node, so this is
+    linear in the file, and a recursive alias is an error too."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes and sizes[id(node)] >= 0:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if not children_done:
+            if sizes.get(id(node)) == -1:
+                raise _TooLarge("a recursive alias (an anchor used inside itself)", node.start_mark)
+            sizes[id(node)] = -1  # in progress
+            stack.append((node, True))
+            for k in kids:
+                if sizes.get(id(k)) == -1:
+                    raise _TooLarge("a recursive alias (an anchor used inside itself)", k.start_mark)
+                if id(k) not in sizes:
+                    stack.append((k, False))
+            continue
+        total = 1 + sum(sizes[id(k)] for k in kids)
+        if total > limit:
+            raise _TooLarge(
+                f"more than {limit:,} values once aliases are expanded (nested aliases?); write the values out",
+                node.start_mark,
+            )
+        sizes[id(node)] = total
+
+
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -352,8 +434,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {item!r}: key path must be non-empty names joined by dots")
     try:
         value = load_yaml(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as e:  # not silently a string: say what is wrong and how to pass text
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(
+            f"--set {short(item)}: the value is not valid YAML ({problem}); "
+            f"quote it to pass text, e.g. --set '{key}=\"...\"'"
+        ) from None
     return key.split("."), value
 
 
@@ -368,15 +454,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if nxt is None:
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
-                raise UserError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a mapping (got {nxt!r})")
+                raise UserError(f"--set {one_line(item, 200)}: {'.'.join(parts[: i + 1])} is not a mapping (got {short(nxt)})")
             node = nxt
         node[parts[-1]] = value
     return out
 
 
+MAX_SPEC_BYTES = 4_000_000  # a spec file (the 800-trial grid is 3 KB)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such spec file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise UserError(f"{path}: a spec file is at most {MAX_SPEC_BYTES:,} bytes (got {path.stat().st_size:,})")
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
@@ -397,6 +488,7 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
         raise UserError(_format_error(str(path), e)) from None
+    check_limits(spec, path)
     check_keys(spec, path)
     check_configs(spec, path)
     return spec
@@ -447,7 +539,7 @@ def check_configs(spec: Spec, path: str | Path, data: Any = None) -> None:
             where = f"{sections[key]}.{e.key}" if key in sections else f"space.{e.key}" if key in spec.space else e.key
             raise UserError(f"{path}: {where}: {e.detail}") from None
         except UserError as e:
-            shown = ", ".join(f"{k}={config[k]}" for k in spec.space if k in config)
+            shown = one_line(", ".join(f"{k}={config[k] if isinstance(config[k], (str, int, float)) and len(str(config[k])) <= 40 else short(config[k], 40)}" for k in spec.space if k in config), 300)
             raise UserError(f"{path}: {e}" + (f" (at {shown})" if shown else "")) from None
 
 

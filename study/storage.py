@@ -9,12 +9,13 @@ written there (spec, results). For a local directory both are no-ops. All remote
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.errors import UserError
+from study.errors import DiskFull, UserError
 
 CACHE = Path(os.environ.get("STUDY_CACHE", "~/.cache/study-platform/studies")).expanduser()
 
@@ -42,6 +43,12 @@ class Store:
                     probe.write_text("ok")
                     probe.unlink()
                 except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        (path / f".write-check-{os.getpid()}").unlink(missing_ok=True)
+                        raise DiskFull(
+                            f"--storage {storage}: no space left on device; free some space, then run the same "
+                            "command again"
+                        ) from None
                     raise UserError(f"--storage {storage}: directory cannot be written ({e.strerror or e})") from None
             return cls(str(path))
         store = cls(storage.rstrip("/"))

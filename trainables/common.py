@@ -35,9 +35,11 @@ with ``diverged=1`` and stops; the study goes on. Metric names shared across stu
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -48,7 +50,7 @@ import torch
 from pydantic import Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 from torch import nn
 
-from study.errors import UserError
+from study.errors import UserError, short
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # controls init, data order and data sampling (pairs, transforms)
@@ -168,7 +170,7 @@ def resolve_config(family: Family, config: Mapping[str, Any]) -> dict[str, Any]:
         except ValidationError as e:
             err = e.errors()[0]
             where = "".join(f"[{i}]" for i in err["loc"])  # the item of a list, if any
-            raise ConfigError(family.name, key + where, f"{err['msg']} (got {value!r})") from None
+            raise ConfigError(family.name, key + where, f"{err['msg']} (got {short(value)})") from None
     return cfg
 
 
@@ -284,19 +286,12 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         optimizer, milestones=[int(m) for m in cfg["lr_milestones"]], gamma=float(cfg["lr_gamma"])
     )
 
-    start, last_finite = 0, {}
+    start, last_finite, note = 0, {}, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start, last_finite = state["epoch"], state["metrics"]
+        start, last_finite, note = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
         if start >= int(cfg["epochs"]):  # finished but not yet recorded as finished: say so again
-            tune.report(last_finite)
+            tune.report({**last_finite, **note})
             return
 
     for epoch in range(start + 1, int(cfg["epochs"]) + 1):
@@ -309,7 +304,7 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
                 train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
             check_finite(torch.tensor(float(train_metrics["train_loss"])))
         except Diverged as e:
-            tune.report({**diverged, "error": str(e)})
+            tune.report({**diverged, "error": str(e), **note})
             return
         scheduler.step()
         model.eval()
@@ -321,18 +316,115 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics, **cost}
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
-            tune.report({**diverged, "error": "non-finite metric"})
+            tune.report({**diverged, "error": "non-finite metric", **note})
             return
         last_finite = metrics
-        with tempfile.TemporaryDirectory() as d:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "metrics": metrics,
-            }
-            torch.save(state, os.path.join(d, "state.pt"))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "metrics": metrics,
+        }
+        save_checkpoint(state, {**metrics, **note})
+        note = {}
+
+
+# Checkpoints: one `state.pt` per epoch holding tensors and plain values only (state dicts, RNG
+# states as uint8 tensors, the epoch, the metrics), read with torch.load(weights_only=True): a file
+# in the study directory can never run code in a trial (the README's trust boundary).
+CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "generator", "torch_rng", "epoch", "metrics")
+RESTORE_NOTE = "restore_note"  # result key: the trial's one line about an unreadable checkpoint
+DISK_WAIT_S = float(os.environ.get("STUDY_DISK_WAIT_S", "120"))  # how long a trial waits for space
+
+
+def save_checkpoint(state: dict, metrics: dict) -> None:
+    """Report `metrics` with a checkpoint of `state`. When the disk is full the trial waits (up to
+    `DISK_WAIT_S`, retrying every 2 s) instead of failing: the driver sees the full storage, stops
+    the study and says so, and the trial resumes from its last checkpoint when the study is rerun."""
+    from ray import tune
+
+    from study.errors import is_disk_full
+
+    deadline = time.monotonic() + DISK_WAIT_S
+    while True:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state, os.path.join(d, CHECKPOINT_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            return
+        except Exception as e:
+            if not is_disk_full(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
+def read_checkpoint(path: str, device: torch.device) -> dict:
+    """`state.pt` of a checkpoint directory, with weights_only=True; raises on anything unreadable
+    (truncated, not a torch file, code in the pickle, keys missing)."""
+    state = torch.load(os.path.join(path, CHECKPOINT_FILE), map_location=device, weights_only=True)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"not a trial checkpoint (missing {', '.join(missing)})")
+    if not isinstance(state["epoch"], int) or state["epoch"] < 0 or not isinstance(state["metrics"], dict):
+        raise ValueError("not a trial checkpoint (bad epoch or metrics)")
+    return state
+
+
+def _checkpoint_candidates(checkpoint: Any) -> list[str]:
+    """The checkpoint Tune restores from first, then the trial's other checkpoints, newest first."""
+    import pyarrow.fs
+
+    path = checkpoint.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0]
+    try:
+        infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        return [path]
+    others = [
+        i.path for i in infos
+        if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.path != path
+    ]  # fmt: skip
+    return [path, *sorted(others, reverse=True)]
+
+
+def load_checkpoint(
+    checkpoint: Any, device: torch.device, model: nn.Module, optimizer: Any, scheduler: Any, generator: Any
+) -> tuple[int, dict, dict]:
+    """Restore the trial's state from `checkpoint` or, when that one cannot be read, from the newest
+    readable of its other checkpoints, or else start again from scratch. Returns (epoch, metrics,
+    note): `note` is ``{RESTORE_NOTE: one line}`` when a fallback was taken (the driver prints it)."""
+    from ray import tune
+
+    initial = copy.deepcopy(
+        (model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
+         torch.get_rng_state())
+    )  # fmt: skip
+    failed: list[str] = []
+    for path in _checkpoint_candidates(checkpoint):
+        name = path.rsplit("/", 1)[-1]
+        try:
+            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
+                state = read_checkpoint(d, device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except Exception as e:  # noqa: BLE001 - any unreadable file: try the next one
+            reason = " ".join(str(e).split())[:120] or "unreadable"
+            failed.append(f"{name} ({type(e).__name__}: {reason})")
+            continue
+        note = {}
+        if failed:
+            note = {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
+        return int(state["epoch"]), dict(state["metrics"]), note
+    model.load_state_dict(initial[0])
+    optimizer.load_state_dict(initial[1])
+    scheduler.load_state_dict(initial[2])
+    generator.set_state(initial[3])
+    torch.set_rng_state(initial[4])
+    return 0, {}, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}

@@ -302,6 +302,13 @@ def check(cfg: dict, data: ImageSet | None = None) -> str:
     for key in ("n_train", "n_test"):
         if cfg[key] < 1:
             raise ConfigError("digit_pairs", key, f"Input should be greater than or equal to 1 (got {cfg[key]!r})")
+    if int(cfg["batch_size"]) > int(cfg["n_train"]):  # one short batch per epoch: not what was asked for
+        raise ConfigError(
+            "digit_pairs",
+            "batch_size",
+            f"{cfg['batch_size']} is larger than the training set ({cfg['n_train']} pairs, n_train); "
+            "batch_size <= n_train must hold",
+        )
     if data is not None:
         for key, n_images in (("n_train", len(data.train_y)), ("n_test", len(data.test_y))):
             if not 1 <= int(cfg[key]) <= n_images // 2:

@@ -393,9 +393,17 @@ def _subset(config: dict, split: str, n_split: int, source: str) -> np.ndarray:
 def check(config: dict, data: ImageSet | None = None) -> None:
     """Validate a config cheaply (no model, no rendering); with `data`, also the image counts."""
     _check(config)
+    n_train = config["train_images"]
     if data is not None:
-        _subset(config, "train", len(data.train_y), data.source)
+        n_train = len(_subset(config, "train", len(data.train_y), data.source))
         _subset(config, "test", len(data.test_y), data.source)
+    if n_train is not None and int(config["batch_size"]) > int(n_train):  # one short batch per epoch
+        raise ConfigError(
+            "share_split",
+            "batch_size",
+            f"{config['batch_size']} is larger than the training set ({n_train} images, train_images); "
+            "batch_size <= train_images must hold",
+        )
 
 
 def prepare(config: dict, data: ImageSet) -> TrialData:
