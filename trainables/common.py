@@ -49,6 +49,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, TypeAdapter, Valid
 from torch import nn
 
 from study.errors import UserError
+from trainables import runtime  # issue 13: precision, channels-last, DDP worker side
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # controls init, data order and data sampling (pairs, transforms)
@@ -62,6 +63,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "lr_gamma": 0.1,  # lr factor at each milestone
     "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N
     "threads": 1,  # torch intra-op threads per trial (the runner sets it from resources.cpu)
+    # issue 13 (trainables/runtime.py): precision and memory format, off on a CPU unless asked for
+    "amp": "auto",  # auto (bf16 on CUDA, else fp16 + grad scaler; off on CPU) | off | bf16 | fp16
+    "channels_last": "auto",  # auto (on for CUDA) | true | false: NHWC model and 4-D inputs
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -82,6 +86,8 @@ COMMON_TYPES: dict[str, Any] = {
     "lr_gamma": Annotated[_Float, Field(gt=0)],
     "device": Annotated[StrictStr, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")],
     "threads": _PosInt,
+    "amp": Literal["auto", "off", "bf16", "fp16"],  # issue 13
+    "channels_last": Literal["auto"] | StrictBool,  # issue 13
 }
 _TYPE_OF_DEFAULT = {bool: StrictBool, int: StrictInt, float: _Float, str: StrictStr, list: list}
 
@@ -101,8 +107,10 @@ class Diverged(Exception):
 
 def check_finite(loss: torch.Tensor) -> None:
     """Raise `Diverged` if a loss is NaN or inf (call once per batch)."""
-    if not torch.isfinite(loss.detach()).all():
-        raise Diverged(f"non-finite loss {loss.item()}")
+    bad = not torch.isfinite(loss.detach()).all()
+    if runtime.any_worker(bad):  # issue 13: data-parallel workers stop at the same step
+        raise Diverged(f"non-finite loss {loss.item()}" if bad else "non-finite loss on another worker")
+    runtime.scale_loss(loss)  # issue 13: fp16 loss scaling (no-op otherwise)
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,7 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opti
 def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
     """Index batches over n examples, shuffled by `generator` (None keeps the order)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(int(batch_size)))
+    return runtime.shard_batches(list(order.split(int(batch_size))))  # issue 13: a DDP worker's slices
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -272,7 +280,8 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
     trial_data = family.prepare(cfg, data)
     if cfg.get("num_classes") == 0 and getattr(trial_data, "num_classes", None):  # 0: the data's own
         cfg["num_classes"] = int(trial_data.num_classes)
-    model = family.build(cfg).to(device)
+    rt = runtime.for_trial(cfg, device)  # issue 13 hook: precision, channels-last, DDP worker
+    model = rt.prepare_model(family.build(cfg).to(device))
     params = count_params(model)
     optimizer = make_optimizer(model, cfg)
     timer = StepTimer(optimizer, device)
@@ -281,7 +290,7 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
     )
 
     start, last_finite = 0, {}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = rt.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
@@ -291,8 +300,9 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start, last_finite = state["epoch"], state["metrics"]
+        rt.load_state_dict(state)
         if start >= int(cfg["epochs"]):  # finished but not yet recorded as finished: say so again
-            tune.report(last_finite)
+            rt.report(last_finite)
             return
 
     for epoch in range(start + 1, int(cfg["epochs"]) + 1):
@@ -301,23 +311,24 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         diverged = {**last_finite, "epoch": epoch - 1, "params": params, "lr": lr, "diverged": 1}
         model.train()
         try:
-            with timer:
-                train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
+            with timer, rt.train():
+                train_metrics = family.train_epoch(model, rt.optimizer(optimizer), trial_data, cfg, generator, device)
+            train_metrics = rt.reduce_train(train_metrics)
             check_finite(torch.tensor(float(train_metrics["train_loss"])))
         except Diverged as e:
-            tune.report({**diverged, "error": str(e)})
+            rt.report({**diverged, "error": str(e)})
             return
         scheduler.step()
         model.eval()
-        with torch.no_grad():
-            eval_metrics = family.evaluate(model, trial_data, {**cfg, "__epoch__": epoch}, device)
+        with torch.no_grad(), rt.eval():
+            eval_metrics = rt.from_rank0(family.evaluate(model, trial_data, {**cfg, "__epoch__": epoch}, device))
         cost = {"step_time_s": timer.step_time_s, "peak_mem_mb": peak_memory_mb(device)}
         if not math.isfinite(cost["step_time_s"]):  # an epoch without an optimiser step
             del cost["step_time_s"]
         metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics, **cost}
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
-            tune.report({**diverged, "error": "non-finite metric"})
+            rt.report({**diverged, "error": "non-finite metric"})
             return
         last_finite = metrics
         with tempfile.TemporaryDirectory() as d:
@@ -329,6 +340,7 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "metrics": metrics,
+                **rt.state_dict(),
             }
             torch.save(state, os.path.join(d, "state.pt"))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            rt.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -342,7 +342,8 @@ def train_epoch(
         optimizer.step()
         loss_sum += loss.item()
         correct += int((out["logits"].argmax(dim=1) == target).sum())
-    return {"train_loss": loss_sum / len(batches), "train_acc": correct / len(pairs)}
+    seen = sum(len(idx) for idx in batches)  # len(pairs), or a data-parallel worker's share of it
+    return {"train_loss": loss_sum / len(batches), "train_acc": correct / seen}
 
 
 # ---------------------------------------------------------------------------------------------
