@@ -25,6 +25,7 @@ from typing import Any
 from study.errors import UserError
 from study.spec import Grid, Spec
 
+DRIVER_MEMORY = 2**20  # bytes of Ray's memory resource a DDP trial's driver asks for
 MEMBER_KEYS = ("seed", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")  # as trainables.packing
 
 
@@ -103,7 +104,9 @@ def shaped_trainable(spec: Spec, data: Any, seeds: list[int] | None) -> Any:
         fn = tune.with_parameters(
             ddp_entry, data=data, family_name=spec.trainable, seeds=seeds, workers=r.workers, cpu=r.cpu, gpu=r.gpu
         )
-        return tune.with_resources(fn, {"cpu": 0})  # the driver waits; the workers hold the resources
+        # the driver only waits: no CPU (Tune needs a non-empty request: 1 MiB of Ray's memory resource),
+        # so the workers get every core, e.g. 2 workers x 1 CPU on a 2-core machine
+        return tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
     if spec.pack > 1:
         fn = tune.with_parameters(pack_entry, data=data, family_name=spec.trainable)
         return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})

@@ -255,7 +255,7 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
             losses = vloss(out, *batch[1:])  # (M,)
             finite = torch.isfinite(losses.detach())
             for i in torch.nonzero(active & ~finite).flatten().tolist():
-                diverge(i, f"non-finite loss {float(losses[i])}")
+                diverge(i, f"non-finite loss {float(losses[i].detach())}")
             if not bool(active.any()):
                 break
             for p in model.params.values():
