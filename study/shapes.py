@@ -45,6 +45,9 @@ def check_shape(spec: Spec, path: str | Path) -> None:
     sampled = [k for k, d in spec.space.items() if not isinstance(d, Grid)]
     if sampled:
         raise UserError(f"{path}: pack: pack > 1 needs grid axes only, but space.{sampled[0]} is sampled")
+    amps = [spec.fixed.get("amp"), spec.data.config.get("amp"), *getattr(spec.space.get("amp"), "grid", [])]
+    if "fp16" in amps:
+        raise UserError(f"{path}: pack: pack > 1 cannot train with amp fp16 (no per-member grad scaler); use bf16 or off")
     from trainables import REGISTRY
     from trainables.packing import support
 

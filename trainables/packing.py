@@ -18,12 +18,18 @@ epochs, is shared (`study.shapes` groups a grid's trials so). One Tune trial tra
   the whole pack; `study.shapes.expand_packs` turns each member back into its own trial for the
   tables (trial id ``<pack trial id>-m<i>``).
 
+Precision: ``amp`` bf16 autocasts the packed forward and loss (``auto``: bf16 on a GPU that has
+it, else full precision: fp16 needs a grad scaler per member, which packs do not have, and an
+explicit ``amp: fp16`` with ``pack`` > 1 is refused by the spec check); ``channels_last`` is not
+applied to packs.
+
 A family opts in with a ``pack_support()`` function in its module returning a `PackSupport`
 (the per-batch pieces of its ``train_epoch`` and ``evaluate``); digit_pairs does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -36,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables import runtime
 from trainables.common import (
     Family,
     count_params,
@@ -192,6 +199,10 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
     torch.set_num_threads(max(1, int(cfg0["threads"])))
     device = resolve_device(cfg0["device"])
     reset_peak_memory(device)
+    amp = runtime.resolve_amp(str(cfg0["amp"]), device)
+    if amp == torch.float16:  # no per-member grad scaler: fp16 only when asked for (refused by the spec check)
+        amp = None
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
 
     datas, models, gens = [], [], []
     for cfg in cfgs:  # as run_trial: seed, then the trial's data, then its model
@@ -251,8 +262,9 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
         for size in sizes:
             batch = [x[:, off : off + size] for x in xs]
             off += size
-            out = model(batch[0])
-            losses = vloss(out, *batch[1:])  # (M,)
+            with autocast():
+                out = model(batch[0])
+                losses = vloss(out, *batch[1:])  # (M,)
             finite = torch.isfinite(losses.detach())
             for i in torch.nonzero(active & ~finite).flatten().tolist():
                 diverge(i, f"non-finite loss {float(losses[i].detach())}")
@@ -269,7 +281,7 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
         step_time = (time.perf_counter() - t0) / max(len(sizes), 1)
         if bool(active.any()):
             model.train(False)
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 esums: dict[str, torch.Tensor] = {}
                 n_test = test_t[0].shape[1]
                 for lo in range(0, n_test, sup.eval_batch_size):

@@ -162,6 +162,7 @@ def test_pack_rules_are_one_line_errors(tmp_path: Path) -> None:
         ({"resources": {"cpu": 1, "workers": 2}}, "pack > 1 and resources.workers > 1 cannot be combined"),
         ({"space": {"lr": {"loguniform": [0.001, 0.1]}}, "search": {"algorithm": "random"}}, "needs search.algorithm grid"),
         ({"space": {"lr": {"choice": [0.01, 0.1]}}}, "needs grid axes only, but space.lr is sampled"),
+        ({"fixed": {"epochs": 1, "amp": "fp16"}}, "cannot train with amp fp16"),
     ]  # fmt: skip
     for extra, message in cases:
         path = write_spec(tmp_path / "p.yaml", **{**base, **extra})
