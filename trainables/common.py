@@ -11,7 +11,8 @@ A study family (one module in ``trainables/``) provides a `Family`:
 - ``build(config)``: the ``nn.Module``.
 - ``train_epoch(model, optimizer, trial_data, config, generator, device)``: one epoch; returns
   metrics (at least ``train_loss``); calls `check_finite` on each loss so a diverging trial
-  raises `Diverged`.
+  raises `Diverged`. Batches come from `iterate_batches` and metrics are means over the
+  examples the epoch iterated (a data-parallel worker iterates its share; `trainables.runtime`).
 - ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...); the config
   holds ``__epoch__``, the epoch just trained (1-based), for metrics computed only at the end.
 - ``check(config, data)`` (optional): cheap validation of one config, before any trial starts
