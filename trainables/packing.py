@@ -143,31 +143,48 @@ class PackedOptimizer:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor, lr: torch.Tensor) -> None:
+        """One step of every active member (in place, a few passes over the parameters; the masked
+        path, with frozen members, only while some member is frozen)."""
         self.steps += 1
+        all_on = bool(active.all())
+        has_wd = bool((self.wd != 0).any())
         for name, p in self.params.items():
             g = p.grad
             if g is None:
                 continue
             shape = (-1,) + (1,) * (p.ndim - 1)
             on, lr_, wd = active.view(shape), lr.view(shape), self.wd.view(shape)
-            g = torch.where(on, g, 0.0)
+            if not all_on:
+                g = torch.where(on, g, 0.0)  # a frozen member's NaN gradient must not reach its state
             if self.kind == "sgd":
-                g = g + wd * p
+                if has_wd:
+                    g = g.addcmul(p, wd)
                 buf = self.state["buf"][name]
-                buf.copy_(torch.where(on, self.momentum.view(shape) * buf + g, buf))
-                new = p - lr_ * buf
-            else:
-                b1, b2, eps = 0.9, 0.999, 1e-8
-                base = p * (1 - lr_ * wd) if self.kind == "adamw" else p
-                if self.kind == "adam":
-                    g = g + wd * p
-                m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
-                m.copy_(torch.where(on, m.lerp(g, 1 - b1), m))
-                v.copy_(torch.where(on, v * b2 + (1 - b2) * g * g, v))
-                step_size = lr_ / (1 - b1**self.steps)
-                denom = v.sqrt() / math.sqrt(1 - b2**self.steps) + eps
-                new = base - step_size * m / denom
-            p.copy_(torch.where(on, new, p))
+                if all_on:
+                    buf.mul_(self.momentum.view(shape)).add_(g)
+                    p.addcmul_(buf, lr_, value=-1.0)
+                else:
+                    buf.copy_(torch.where(on, buf * self.momentum.view(shape) + g, buf))
+                    p.copy_(torch.where(on, p - lr_ * buf, p))
+                continue
+            b1, b2, eps = 0.9, 0.999, 1e-8
+            m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
+            if self.kind == "adam" and has_wd:
+                g = g.addcmul(p, wd)
+            step_size = lr_ / (1 - b1**self.steps)
+            if all_on:
+                if self.kind == "adamw" and has_wd:
+                    p.mul_(1 - lr_ * wd)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / math.sqrt(1 - b2**self.steps)).add_(eps)
+                p.addcmul_(m / denom, step_size, value=-1.0)
+                continue
+            base = p * (1 - lr_ * wd) if self.kind == "adamw" else p
+            m.copy_(torch.where(on, m.lerp(g, 1 - b1), m))
+            v.copy_(torch.where(on, v * b2 + (1 - b2) * g * g, v))
+            denom = v.sqrt() / math.sqrt(1 - b2**self.steps) + eps
+            p.copy_(torch.where(on, base - step_size * (m / denom), p))
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "state": self.state}
