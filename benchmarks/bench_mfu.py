@@ -163,7 +163,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=2, help="epochs measured per digit-pair trial")
     p.add_argument("--members", type=int, default=8, help="members of the packed measurement")
-    p.add_argument("--steps", type=int, default=3, help="ResNet-18 steps measured")
+    p.add_argument("--steps", type=int, default=2, help="ResNet-18 steps measured")
     a = p.parse_args()
     torch.set_num_threads(1)
     load0 = os.getloadavg()[0]

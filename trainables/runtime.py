@@ -26,7 +26,6 @@ families use), training metrics are averaged over workers, test metrics are rank
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -275,7 +274,3 @@ def write_checkpoint(files: Mapping[str, bytes], directory: str | None = None) -
         with open(os.path.join(directory, name), "wb") as f:
             f.write(data)
     return directory
-
-
-def load_bytes(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), weights_only=False)

@@ -210,3 +210,22 @@ def test_shards_split_each_global_batch(monkeypatch) -> None:
     assert len(parts[0]) == len(parts[1]) == len(whole) == 5
     for b, p0, p1 in zip(whole, *parts):
         assert torch.equal(torch.cat([p0, p1]), b) and abs(len(p0) - len(p1)) <= 1
+
+
+def test_image_batches_are_sharded_for_ddp(monkeypatch) -> None:
+    """The image families' in-memory batches also give a DDP worker its slice of each global batch."""
+    from trainables.images import TrialImages, from_image_set
+
+    data = from_image_set(FAMILY.load_data("mnist-5k", None))
+    trial = TrialImages(data=data, channels=1, size=28, recipe="none", normalize=False,
+                        train_index=torch.arange(60), test_index=None)  # fmt: skip
+    labels = lambda: [y for _, y in trial.batches("train", 16, torch.device("cpu"), torch.Generator().manual_seed(0))]  # noqa: E731
+    whole = labels()
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(runtime, "_SHARD", runtime.Shard(rank, 2))
+        parts.append(labels())
+    monkeypatch.setattr(runtime, "_SHARD", None)
+    assert [len(b) for b in whole] == [16, 16, 16, 12] and [len(b) for b in parts[0]] == [8, 8, 8, 6]
+    for b, p0, p1 in zip(whole, *parts):
+        assert torch.equal(torch.cat([p0, p1]), b)
