@@ -119,8 +119,8 @@ def resnet50_images_per_s(device: torch.device, batch: int, size: int, steps: in
 def main() -> int:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, default=10 if gpu else 4)
-    p.add_argument("--epochs", type=int, default=5 if gpu else 2)
+    p.add_argument("--seeds", type=int, default=10 if gpu else 2)
+    p.add_argument("--epochs", type=int, default=5 if gpu else 1)
     p.add_argument("--arch", default="Siamese")
     p.add_argument("--batch-size", type=int, default=50, help="the digit-pair group's batch size")
     p.add_argument("--batch", type=int, default=256 if gpu else 8, help="ResNet-50 batch")

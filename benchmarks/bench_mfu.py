@@ -3,7 +3,8 @@
 MFU = the FLOPs a trial does (``torch.utils.flop_counter.FlopCounterMode``: matmuls and
 convolutions, forward and backward, training and evaluation) over its wall time, against the
 single-thread fp32 GEMM peak measured in the same run (``torch.mm`` of 1024 x 1024 matrices,
-best of several). Every trial runs on one thread, as in a study.
+best of several), right before and after each row (mean of the two): on a shared machine the
+peak itself moves with the load. Every trial runs on one thread, as in a study.
 
 - every net x batch size of ``digit_pairs_grid.yaml`` (1,000 train / 1,000 test pairs): the bare
   contract loop (`run_trial` without Ray), one trial at a time, and the same trials packed
@@ -101,6 +102,7 @@ def digit_pairs_rows(epochs: int, members: int) -> list[dict]:
             for batch in BATCHES:
                 base = {"arch": arch, "batch_size": batch, "momentum": 0.9, "lr": 0.01}
                 flops = epoch_flops(family, data, {**base, "seed": 0})
+                peak = gemm_peak_gflops(repeats=3)  # the load changes by the minute: a peak next to each row
                 t = time.perf_counter()
                 run_trial({**base, "seed": 0, "epochs": epochs}, data, family=family)
                 alone = (time.perf_counter() - t) / epochs
@@ -114,6 +116,7 @@ def digit_pairs_rows(epochs: int, members: int) -> list[dict]:
                     "trial_flops": flops * TRIAL_EPOCHS,
                     "trial_s": round(alone * TRIAL_EPOCHS, 2),
                     "trial_s_packed": round(packed * TRIAL_EPOCHS, 2),
+                    "peak_gflops": round((peak + gemm_peak_gflops(repeats=3)) / 2, 1),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
     return rows
@@ -148,13 +151,15 @@ def resnet18_rows(steps: int, batch: int = 128) -> list[dict]:
         with FlopCounterMode(display=False) as counter:
             step()
         flops = float(counter.get_total_flops())
+        peak = gemm_peak_gflops(repeats=3)
         t = time.perf_counter()
         for _ in range(steps):
             step()
         per_step = (time.perf_counter() - t) / steps
         rows.append({"net": "resnet18-cifar", "precision": name, "batch_size": batch, "step_flops": flops,
                      "step_s": round(per_step, 3), "epoch_steps": 391,
-                     "epoch_s_implied": round(per_step * 391, 1)})  # fmt: skip
+                     "epoch_s_implied": round(per_step * 391, 1),
+                     "peak_gflops": round((peak + gemm_peak_gflops(repeats=3)) / 2, 1)})  # fmt: skip
         print(rows[-1], flush=True)
     return rows
 
@@ -170,12 +175,12 @@ def main() -> int:
     peak = gemm_peak_gflops()
     print(f"single-thread fp32 GEMM peak {peak:.1f} GFLOP/s (load {load0:.1f})", flush=True)
     rows = digit_pairs_rows(a.epochs, a.members)
-    for r in rows:
-        r["mfu"] = round(r["trial_flops"] / r["trial_s"] / 1e9 / peak, 3)
-        r["mfu_packed"] = round(r["trial_flops"] / r["trial_s_packed"] / 1e9 / peak, 3)
+    for r in rows:  # against the peak measured just before and after the row
+        r["mfu"] = round(r["trial_flops"] / r["trial_s"] / 1e9 / r["peak_gflops"], 3)
+        r["mfu_packed"] = round(r["trial_flops"] / r["trial_s_packed"] / 1e9 / r["peak_gflops"], 3)
     res = resnet18_rows(a.steps)
     for r in res:
-        r["mfu"] = round(r["step_flops"] / r["step_s"] / 1e9 / peak, 3)
+        r["mfu"] = round(r["step_flops"] / r["step_s"] / 1e9 / r["peak_gflops"], 3)
     peak_end = gemm_peak_gflops()
     out = {
         "gemm_peak_gflops": round(peak, 1),
