@@ -31,6 +31,7 @@ RAY_KEYS = {
     "experiment_tag", "error", "time_total_s",
 }  # fmt: skip
 NOT_METRICS = {"epoch", "params", "diverged", "lr"}
+_NOT_METRIC_KEYS = RAY_KEYS | NOT_METRICS  # once, not per row and key (a quarter of collect's time)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -76,7 +77,9 @@ def _trials_from_state(study_dir: Path) -> list[dict]:
         out.append({"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir, "meta": meta})
     # Trial dirs missing from the state were started after its last snapshot by a driver that was then
     # killed; the resumed run starts those trials again under new ids, so they are not counted here.
-    return out
+    from study.shapes import expand_packs  # issue 13 hook: a packed trial is its members
+
+    return expand_packs(study_dir, out)
 
 
 def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,7 +93,7 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     trial_rows, epoch_rows = [], []
     for t in _trials_from_state(study_dir):
         trial_dir = study_dir / t["logdir"]
-        rows = _read_jsonl(trial_dir / "result.json")
+        rows = t["rows"] if "rows" in t else _read_jsonl(trial_dir / "result.json")  # issue 13: packs
         # a resumed trial may report an epoch again: keep the last report of each epoch
         by_epoch: dict[int, dict] = {}
         for r in rows:
@@ -98,7 +101,7 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
                 by_epoch[int(r["epoch"])] = r
         epochs = [by_epoch[e] for e in sorted(by_epoch)]
         metric_names = sorted(
-            {k for r in epochs for k, v in r.items() if k not in RAY_KEYS | NOT_METRICS and _is_number(v)}
+            {k for r in epochs for k, v in r.items() if k not in _NOT_METRIC_KEYS and _is_number(v)}
         )
         for r in epochs:
             epoch_rows.append(
@@ -326,12 +329,13 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
 
         def _line(self, trials: list, ending: Any = None, status: str = "") -> str:
             """The progress line; `ending` is a trial Tune is finishing (still RUNNING) with its `status`."""
+            from study.shapes import member_count
             spec = self.spec
             counts: dict[str, int] = {}
             best, best_trial = None, None
             for t in trials:
                 s = status if t is ending else t.status
-                counts[s] = counts.get(s, 0) + 1
+                counts[s] = counts.get(s, 0) + member_count(t.config)  # issue 13: a pack counts its members
                 # the trial's best value so far (Tune keeps max/min of every metric), so "best" never regresses
                 value = t.run_metadata.metric_analysis.get(spec.metric, {}).get(spec.mode)
                 if _is_number(value) and (best is None or (value > best if spec.mode == "max" else value < best)):

@@ -274,6 +274,9 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
         tune.with_parameters(trial_entry, data=data, family_name=spec.trainable, seeds=seeds if use_repeater else None),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
+    from study import shapes  # issue 13 hook: DDP (resources.workers) and packed (pack) trials
+
+    trainable = shapes.shaped_trainable(spec, data, seeds if use_repeater else None) or trainable
     path = store.study_path(name)
     if tune.Tuner.can_restore(path):
         print(f"[study] resuming {path}", file=progress.out, flush=True)
@@ -289,6 +292,8 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
     param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
+    if spec.pack > 1:  # issue 13 hook: one Tune trial per pack of members
+        param_space = shapes.pack_param_space(spec, param_space["threads"])
     num_samples = spec.search.num_samples
     search_alg = None
     if spec.search.algorithm == "optuna":
@@ -326,7 +331,7 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any):
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=spec.search.max_concurrent,
+            max_concurrent_trials=shapes.max_concurrent(spec),  # issue 13: DDP trials that fit at once
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),

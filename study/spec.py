@@ -126,6 +126,7 @@ class Data(BaseModel):
 class Resources(_Strict):
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
+    workers: int = Field(default=1, ge=1)  # issue 13: > 1 = data-parallel trial (each worker cpu/gpu)
 
 
 class Search(_Strict):
@@ -202,6 +203,7 @@ class Spec(_Strict):
     search: Search = Search()
     scheduler: Scheduler = Scheduler()
     max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
+    pack: int = Field(default=1, ge=1)  # issue 13: trials trained together as one vectorised model (study/shapes.py)
     paper: Paper = Paper()
 
     @model_validator(mode="before")
@@ -491,6 +493,9 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
     check_limits(spec, path)
     check_keys(spec, path)
     check_configs(spec, path)
+    from study.shapes import check_shape  # issue 13 hook: the rules of pack and resources.workers
+
+    check_shape(spec, path)
     return spec
 
 

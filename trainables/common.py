@@ -11,7 +11,8 @@ A study family (one module in ``trainables/``) provides a `Family`:
 - ``build(config)``: the ``nn.Module``.
 - ``train_epoch(model, optimizer, trial_data, config, generator, device)``: one epoch; returns
   metrics (at least ``train_loss``); calls `check_finite` on each loss so a diverging trial
-  raises `Diverged`.
+  raises `Diverged`. Batches come from `iterate_batches` and metrics are means over the
+  examples the epoch iterated (a data-parallel worker iterates its share; `trainables.runtime`).
 - ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...); the config
   holds ``__epoch__``, the epoch just trained (1-based), for metrics computed only at the end.
 - ``check(config, data)`` (optional): cheap validation of one config, before any trial starts
@@ -51,6 +52,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, TypeAdapter, Valid
 from torch import nn
 
 from study.errors import UserError, short
+from trainables import runtime  # issue 13: precision, channels-last, DDP worker side
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # controls init, data order and data sampling (pairs, transforms)
@@ -64,6 +66,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "lr_gamma": 0.1,  # lr factor at each milestone
     "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N
     "threads": 1,  # torch intra-op threads per trial (the runner sets it from resources.cpu)
+    # issue 13 (trainables/runtime.py): precision and memory format, off on a CPU unless asked for
+    "amp": "auto",  # auto (bf16 on CUDA, else fp16 + grad scaler; off on CPU) | off | bf16 | fp16
+    "channels_last": "auto",  # auto (on for CUDA) | true | false: NHWC model and 4-D inputs
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PLATFORM_METRICS = ("step_time_s", "peak_mem_mb")  # reported by run_trial for every family (seconds, MiB)
@@ -85,6 +90,8 @@ COMMON_TYPES: dict[str, Any] = {
     "lr_gamma": Annotated[_Float, Field(gt=0)],
     "device": Annotated[StrictStr, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")],
     "threads": _PosInt,
+    "amp": Literal["auto", "off", "bf16", "fp16"],  # issue 13
+    "channels_last": Literal["auto"] | StrictBool,  # issue 13
 }
 _TYPE_OF_DEFAULT = {bool: StrictBool, int: StrictInt, float: _Float, str: StrictStr, list: list}
 
@@ -104,8 +111,10 @@ class Diverged(Exception):
 
 def check_finite(loss: torch.Tensor) -> None:
     """Raise `Diverged` if a loss is NaN or inf (call once per batch)."""
-    if not torch.isfinite(loss.detach()).all():
-        raise Diverged(f"non-finite loss {loss.item()}")
+    bad = not torch.isfinite(loss.detach()).all()
+    if runtime.any_worker(bad):  # issue 13: data-parallel workers stop at the same step
+        raise Diverged(f"non-finite loss {loss.item()}" if bad else "non-finite loss on another worker")
+    runtime.scale_loss(loss)  # issue 13: fp16 loss scaling (no-op otherwise)
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,7 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opti
 def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
     """Index batches over n examples, shuffled by `generator` (None keeps the order)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(int(batch_size)))
+    return runtime.shard_batches(list(order.split(int(batch_size))))  # issue 13: a DDP worker's slices
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -262,7 +271,6 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
 
     `seeds` maps Ray's ``__trial_index__`` (set by ``tune.search.Repeater``) to a seed.
     """
-    from ray import tune
 
     config = dict(config)
     if seeds is not None and "__trial_index__" in config:
@@ -278,7 +286,8 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
     trial_data = family.prepare(cfg, data)
     if cfg.get("num_classes") == 0 and getattr(trial_data, "num_classes", None):  # 0: the data's own
         cfg["num_classes"] = int(trial_data.num_classes)
-    model = family.build(cfg).to(device)
+    rt = runtime.for_trial(cfg, device)  # issue 13 hook: precision, channels-last, DDP worker
+    model = rt.prepare_model(family.build(cfg).to(device))
     params = count_params(model)
     optimizer = make_optimizer(model, cfg)
     timer = StepTimer(optimizer, device)
@@ -287,11 +296,13 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
     )
 
     start, last_finite, note = 0, {}, {}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = rt.get_checkpoint()
     if checkpoint is not None:
-        start, last_finite, note = load_checkpoint(checkpoint, device, model, optimizer, scheduler, generator)
+        start, last_finite, note = load_checkpoint(
+            checkpoint, device, model, optimizer, scheduler, generator, extra=rt.load_state_dict
+        )
         if start >= int(cfg["epochs"]):  # finished but not yet recorded as finished: say so again
-            tune.report({**last_finite, **note})
+            rt.report({**last_finite, **note})
             return
 
     for epoch in range(start + 1, int(cfg["epochs"]) + 1):
@@ -300,23 +311,24 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
         diverged = {**last_finite, "epoch": epoch - 1, "params": params, "lr": lr, "diverged": 1}
         model.train()
         try:
-            with timer:
-                train_metrics = family.train_epoch(model, optimizer, trial_data, cfg, generator, device)
+            with timer, rt.train():
+                train_metrics = family.train_epoch(model, rt.optimizer(optimizer), trial_data, cfg, generator, device)
+            train_metrics = rt.reduce_train(train_metrics)
             check_finite(torch.tensor(float(train_metrics["train_loss"])))
         except Diverged as e:
-            tune.report({**diverged, "error": str(e), **note})
+            rt.report({**diverged, "error": str(e), **note})
             return
         scheduler.step()
         model.eval()
-        with torch.no_grad():
-            eval_metrics = family.evaluate(model, trial_data, {**cfg, "__epoch__": epoch}, device)
+        with torch.no_grad(), rt.eval():
+            eval_metrics = rt.from_rank0(family.evaluate(model, trial_data, {**cfg, "__epoch__": epoch}, device))
         cost = {"step_time_s": timer.step_time_s, "peak_mem_mb": peak_memory_mb(device)}
         if not math.isfinite(cost["step_time_s"]):  # an epoch without an optimiser step
             del cost["step_time_s"]
         metrics = {"epoch": epoch, "params": params, "lr": lr, "diverged": 0, **train_metrics, **eval_metrics, **cost}
         metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
-            tune.report({**diverged, "error": "non-finite metric", **note})
+            rt.report({**diverged, "error": "non-finite metric", **note})
             return
         last_finite = metrics
         state = {
@@ -327,8 +339,9 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
             "torch_rng": torch.get_rng_state(),
             "epoch": epoch,
             "metrics": metrics,
+            **rt.state_dict(),
         }
-        save_checkpoint(state, {**metrics, **note})
+        save_checkpoint(state, {**metrics, **note}, report=rt.report)
         note = {}
 
 
@@ -341,7 +354,7 @@ RESTORE_NOTE = "restore_note"  # result key: the trial's one line about an unrea
 DISK_WAIT_S = float(os.environ.get("STUDY_DISK_WAIT_S", "120"))  # how long a trial waits for space
 
 
-def save_checkpoint(state: dict, metrics: dict) -> None:
+def save_checkpoint(state: dict, metrics: dict, report: Callable[..., None] | None = None) -> None:
     """Report `metrics` with a checkpoint of `state`. When the disk is full the trial waits (up to
     `DISK_WAIT_S`, retrying every 2 s) instead of failing: the driver sees the full storage, stops
     the study and says so, and the trial resumes from its last checkpoint when the study is rerun."""
@@ -354,7 +367,7 @@ def save_checkpoint(state: dict, metrics: dict) -> None:
         try:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(state, os.path.join(d, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+                (report or tune.report)(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             return
         except Exception as e:
             if not is_disk_full(e) or time.monotonic() > deadline:
@@ -392,7 +405,13 @@ def _checkpoint_candidates(checkpoint: Any) -> list[str]:
 
 
 def load_checkpoint(
-    checkpoint: Any, device: torch.device, model: nn.Module, optimizer: Any, scheduler: Any, generator: Any
+    checkpoint: Any,
+    device: torch.device,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    generator: Any,
+    extra: Callable[[dict], None] | None = None,
 ) -> tuple[int, dict, dict]:
     """Restore the trial's state from `checkpoint` or, when that one cannot be read, from the newest
     readable of its other checkpoints, or else start again from scratch. Returns (epoch, metrics,
@@ -414,6 +433,8 @@ def load_checkpoint(
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if extra is not None:  # entries beyond the contract's (issue 13: the grad scaler)
+                extra(state)
         except Exception as e:  # noqa: BLE001 - any unreadable file: try the next one
             reason = " ".join(str(e).split())[:120] or "unreadable"
             failed.append(f"{name} ({type(e).__name__}: {reason})")

@@ -379,6 +379,15 @@ def pair_loss(out: dict[str, torch.Tensor], target: torch.Tensor, classes: torch
     return loss
 
 
+def train_batches(n: int, config: dict, generator: torch.Generator) -> list[torch.Tensor]:
+    """The epoch's index batches (shuffled by `generator`); a last batch of one pair is merged
+    into the one before (BatchNorm cannot train on one example)."""
+    batches = iterate_batches(n, config["batch_size"], generator)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -389,9 +398,7 @@ def train_epoch(
 ) -> dict[str, float]:
     """One shuffled pass over the training pairs: train_loss (mean over batches), train_acc (0-1)."""
     pairs = trial_data.train
-    batches = iterate_batches(len(pairs), config["batch_size"], generator)
-    if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one example: merge it
-        batches[-2:] = [torch.cat(batches[-2:])]
+    batches = train_batches(len(pairs), config, generator)
     loss_sum, correct = 0.0, 0
     for idx in batches:
         x, target, classes = (t[idx].to(device) for t in (pairs.input, pairs.target, pairs.classes))
@@ -403,7 +410,8 @@ def train_epoch(
         optimizer.step()
         loss_sum += loss.item()
         correct += int((out["logits"].argmax(dim=1) == target).sum())
-    return {"train_loss": loss_sum / len(batches), "train_acc": correct / len(pairs)}
+    seen = sum(len(idx) for idx in batches)  # len(pairs), or a data-parallel worker's share of it
+    return {"train_loss": loss_sum / len(batches), "train_acc": correct / seen}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +436,58 @@ def evaluate(model: nn.Module, trial_data: PairData, config: dict, device: torch
     if has_digits:
         metrics["test_digit_acc"] = digit_correct / (2 * len(pairs))
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# packed training (issue 13, trainables/packing.py): the per-batch pieces of train_epoch/evaluate
+
+
+def _pack_tensors(trial_data: PairData, split: str) -> tuple[torch.Tensor, ...]:
+    pairs = trial_data.train if split == "train" else trial_data.test
+    return pairs.input, pairs.target, pairs.classes
+
+
+def _pack_train_stats(out: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...], cfg: dict) -> dict:
+    return {"correct": (out["logits"].argmax(dim=-1) == batch[0]).sum()}
+
+
+def _pack_train_metrics(loss_sum: float, n_batches: int, sums: dict[str, float], seen: int) -> dict[str, float]:
+    return {"train_loss": loss_sum / n_batches, "train_acc": sums["correct"] / seen}  # as train_epoch
+
+
+def _pack_eval_stats(out: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...], cfg: dict) -> dict:
+    """Sums over one test batch (vmapped over members): loss x examples, correct comparisons and digits."""
+    target, classes = batch
+    stats = {
+        "loss_sum": pair_loss(out, target, classes, cfg) * target.shape[0],
+        "correct": (out["logits"].argmax(dim=-1) == target).sum(),
+    }
+    if "digits" in out:
+        stats["digit_correct"] = (out["digits"].argmax(dim=-1) == classes).sum()
+    return stats
+
+
+def _pack_eval_metrics(sums: dict[str, float], n: int) -> dict[str, float]:
+    metrics = {"test_loss": sums["loss_sum"] / n, "test_acc": sums["correct"] / n}
+    if "digit_correct" in sums:
+        metrics["test_digit_acc"] = sums["digit_correct"] / (2 * n)
+    return metrics
+
+
+def pack_support() -> Any:
+    """What `trainables.packing` needs to train digit-pair trials packed (same results as train_epoch/evaluate)."""
+    from trainables.packing import PackSupport
+
+    return PackSupport(
+        tensors=_pack_tensors,
+        train_batches=lambda data, cfg, gen: train_batches(len(data.train), cfg, gen),
+        loss=lambda out, batch, cfg: pair_loss(out, batch[0], batch[1], cfg),
+        train_stats=_pack_train_stats,
+        train_metrics=_pack_train_metrics,
+        eval_stats=_pack_eval_stats,
+        eval_metrics=_pack_eval_metrics,
+        eval_batch_size=EVAL_BATCH_SIZE,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.errors import UserError
+from trainables import runtime  # issue 13: data-parallel batch shards
 from trainables.common import ConfigError, check_finite
 from trainables.data import DEFAULT_ROOT, ImageSet, load_mnist
 
@@ -430,7 +431,7 @@ class TrialImages:
         index = self.train_index if split == "train" else self.test_index
         n = len(index) if index is not None else len(ys)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for idx in order.split(int(batch_size)):
+        for idx in runtime.shard_batches(list(order.split(int(batch_size)))):  # issue 13: a DDP worker's slices
             if index is not None:
                 idx = index[idx]
             x = xs[idx].to(device, non_blocking=True).float().div_(255)

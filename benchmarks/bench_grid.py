@@ -1,0 +1,89 @@
+"""Benchmark: the seed-002 grid (``digit_pairs_grid.yaml`` on mnist-5k) end to end, before and
+after trial packing (issue 13).
+
+Each setting is one real ``study run`` (a fresh process, local Ray on every core, report
+included), timed from start to exit: ``pack=1`` is today's platform, the others pack the grid's
+trials (``pack=N``: the 5 lr x seeds members of each net x batch size group, N at a time). The
+settings run one after the other in the same invocation, so their ratio is measured under the
+same (shared-machine) load; the load average is recorded before and after each.
+
+Results must not change beyond noise: per net x lr x batch size, the mean final test accuracy over
+seeds of every setting is compared with the first (largest absolute difference reported; packed
+SGD equals unpacked training to float rounding, see tests/trainables/test_shapes.py).
+
+Run: ``.venv/bin/python benchmarks/bench_grid.py`` (the whole grid: 800 trials per setting) or
+``--repeats 2`` for a 160-trial subset; ``--pack 1 50`` chooses the settings. Writes
+``benchmarks/results/grid.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = REPO / "search_spaces" / "digit_pairs_grid.yaml"
+
+
+def run(storage: Path, name: str, pack: int, repeats: int | None, epochs: int | None) -> dict:
+    sets = ["data.source=mnist-5k", f"pack={pack}"]
+    if repeats:
+        sets.append(f"repeats={repeats}")
+    if epochs:
+        sets.append(f"fixed.epochs={epochs}")
+    cmd = [sys.executable, "-m", "study.cli", "run", str(SPACE), "--name", name, "--storage", str(storage)]
+    cmd += [x for s in sets for x in ("--set", s)]
+    load0 = os.getloadavg()[0]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{name}: study run failed\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    trials = pd.read_parquet(storage / name / "results" / "trials.parquet")
+    return {
+        "setting": f"pack={pack}",
+        "trials": len(trials),
+        "statuses": trials["status"].value_counts().to_dict(),
+        "seconds": round(seconds, 1),
+        "minutes": round(seconds / 60, 2),
+        "load_avg_1m": [round(load0, 1), round(os.getloadavg()[0], 1)],
+        "_trials": trials,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pack", type=int, nargs="+", default=[1, 50])
+    p.add_argument("--repeats", type=int, default=None, help="seeds (default: the spec's 10)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the spec's 25)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "grid.json"))
+    a = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pack in a.pack:
+            rows.append(run(Path(tmp), f"grid-pack{pack}", pack, a.repeats, a.epochs))
+            print({k: v for k, v in rows[-1].items() if k != "_trials"}, flush=True)
+    key = ["arch", "lr", "batch_size"]
+    ref = rows[0]["_trials"].groupby(key)["final_test_acc"].mean()
+    for r in rows:
+        mean = r.pop("_trials").groupby(key)["final_test_acc"].mean()
+        r["max_abs_diff_mean_test_acc_vs_first"] = round(float((mean - ref).abs().max()), 4)
+        r["speedup_vs_first"] = round(rows[0]["seconds"] / r["seconds"], 2)
+    out = {"space": str(SPACE.relative_to(REPO)), "data": "mnist-5k", "cpus": os.cpu_count(),
+           "repeats": a.repeats or 10, "epochs": a.epochs or 25, "settings": rows}  # fmt: skip
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
