@@ -20,4 +20,4 @@ echo "[test] validating every search space"
 echo "[test] lint (ruff)"
 .venv/bin/ruff check .
 echo "[test] running the test suite"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
