@@ -129,6 +129,20 @@ def _init_convs(model: nn.Module) -> None:
             nn.init.constant_(m.bias, 0)
 
 
+class _GroupedNet(nn.Module):
+    """The forward shared by the CIFAR nets: stem, ``groups`` in turn, ``head_norm``, global average
+    pooling, ``fc``."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, feature_dim)
+        x = self.stem(x)
+        for group in self.groups:
+            x = group(x)
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.head_norm(x), 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, classes)
+        return self.fc(self.features(x))
+
+
 class _PadShortcut(nn.Module):
     """He et al. 2016's CIFAR option A: identity with stride-2 subsampling and zero channels."""
 
@@ -200,7 +214,7 @@ class CifarBottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(_GroupedNet):
     """CIFAR ResNet (post-activation, He et al. 2016a section 4.2) or PreAct-ResNet (``preact``,
     He et al. 2016b): a 3x3 stem conv (``width`` channels), three groups of n blocks at width,
     2 width, 4 width channels (x4 with bottlenecks), the 2nd and 3rd starting with stride 2.
@@ -253,15 +267,6 @@ class CifarResNet(nn.Module):
             out.append(_stride2(out[-1]) if stride == 2 else out[-1])
         return out
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, feature_dim)
-        x = self.stem(x)
-        for group in self.groups:
-            x = group(x)
-        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.head_norm(x), 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, classes)
-        return self.fc(self.features(x))
-
 
 class _DenseLayer(nn.Module):
     """BN-ReLU-Conv3x3(k), or with ``bottleneck`` BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k) (Huang
@@ -281,7 +286,7 @@ class _DenseLayer(nn.Module):
         return torch.cat([x, self.body(x)], dim=1)
 
 
-class CifarDenseNet(nn.Module):
+class CifarDenseNet(_GroupedNet):
     """DenseNet for 32x32 inputs (Huang et al. 2017, section 4.1): a 3x3 stem conv (16 channels,
     or 2k for DenseNet-BC), three dense blocks, transitions BN-ReLU-Conv1x1-AvgPool2 between them
     (channels x ``compression``), then BN-ReLU, global pooling and the classifier.
@@ -318,7 +323,12 @@ class CifarDenseNet(nn.Module):
             layers: list[nn.Module] = []
             if g > 0:  # transition: BN-ReLU-Conv1x1-AvgPool2
                 out = int(ch * compression)
-                layers += [nn.BatchNorm2d(ch), nn.ReLU(inplace=True), nn.Conv2d(ch, out, 1, bias=False), nn.AvgPool2d(2)]
+                layers += [
+                    nn.BatchNorm2d(ch),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(ch, out, 1, bias=False),
+                    nn.AvgPool2d(2),
+                ]
                 ch = out
             for _ in range(n):
                 layers.append(_DenseLayer(ch, growth, bottleneck))
@@ -338,12 +348,3 @@ class CifarDenseNet(nn.Module):
         for stride in self.group_strides:
             out.append(out[-1] // 2 if stride == 2 else out[-1])
         return out
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, feature_dim)
-        x = self.stem(x)
-        for group in self.groups:
-            x = group(x)
-        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.head_norm(x), 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, classes)
-        return self.fc(self.features(x))
