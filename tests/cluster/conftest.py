@@ -38,6 +38,8 @@ FAKE_MULTINODE_YAML = Path(__file__).with_name("fake_multinode.yaml")
 
 # Seconds to wait for a node to start / join / be declared dead before failing the test.
 START_TIMEOUT_S = 90.0
+# Whole-cluster start attempts (head + workers) before a fixture fails.
+START_ATTEMPTS = 2
 # Seconds to wait for a killed node's `ray start` process to be reaped.
 STOP_GRACE_S = 10.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # per node; Ray's minimum is ~75 MiB
@@ -173,17 +175,24 @@ class LocalRayCluster:
                 args.append(f"--resources={json.dumps(resources)}")
             return self._spawn(name, args)
 
+        def joined(name: str) -> str | None:
+            if self.head is not None and self.head.proc.poll() is not None:
+                raise _HeadDied(f"head exited with {self.head.proc.returncode}:\n{self._head_logs()}")
+            return self._alive_node_id(name)
+
         first = sum(node.name.startswith("worker") for node in self._all)
         new = [spawn(f"worker{first + k}") for k in range(n)]
         for k, node in enumerate(new):
             try:
-                node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
-            except RuntimeError:
+                node.node_id = _wait_for(lambda n=node.name: joined(n), node, f"{node.name} to join")
+            except RuntimeError as err:
+                if isinstance(err, _HeadDied) or not self._gcs_answers():
+                    raise RuntimeError(f"{err}\nhead's GCS does not answer:\n{self._head_logs()}") from err
                 # `ray start` gives a raylet 30 s (hard-coded) to register, which a loaded
                 # machine can miss. Retry that node once, then give up.
                 _kill_group(node, signal.SIGKILL)
                 node = new[k] = spawn(f"{node.name}-retry")
-                node.node_id = _wait_for(lambda n=node.name: self._alive_node_id(n), node, f"{node.name} to join")
+                node.node_id = _wait_for(lambda n=node.name: joined(n), node, f"{node.name} to join")
         self.worker_nodes.extend(new)
         return new
 
@@ -210,6 +219,20 @@ class LocalRayCluster:
         infos = GcsClient(address=self.address).get_all_node_info(timeout=5)
         return {nid.hex(): info for nid, info in infos.items()}
 
+    def _gcs_answers(self) -> bool:
+        try:
+            self._node_infos()
+            return True
+        except Exception:  # noqa: BLE001 (any RPC error: it does not answer)
+            return False
+
+    def _head_logs(self) -> str:
+        """Tails of the head's `ray start` output and of its GCS server log, for error messages."""
+        parts = [f"--- {self.head.log.name}\n{_tail(self.head.log, 15)}"] if self.head is not None else []
+        for gcs_log in sorted(self.temp_dir.glob("session_*/logs/gcs_server.*"))[-2:]:
+            parts.append(f"--- {gcs_log.name}\n{_tail(gcs_log, 15)}")
+        return "\n".join(parts)
+
     def _alive_node_id(self, name: str | None) -> str | None:
         """Hex id of the alive node with this --node-name (None: the head)."""
         for node_id, info in self._node_infos().items():
@@ -232,6 +255,10 @@ class LocalRayCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class _HeadDied(RuntimeError):
+    """The head's `ray start` process exited while workers were joining."""
 
 
 def _free_port() -> int:
@@ -260,6 +287,8 @@ def _wait_for(condition: Callable[[], object], node: Node | None, what: str, tim
             raise RuntimeError(f"{node.name} exited with {node.proc.returncode} waiting for {what}:\n{_tail(node.log)}")
         try:
             value = condition()
+        except _HeadDied:
+            raise
         except Exception:  # noqa: BLE001 (the GCS is not up yet: any RPC error means "not yet")
             value = None
         if value:
@@ -336,11 +365,23 @@ def _cluster_factory() -> Iterator[Callable[..., LocalRayCluster]]:
         dashboard: bool = False,
         auth_token: str | None = None,
     ) -> LocalRayCluster:
-        cluster = _new_cluster(auth_token)
-        clusters.append(cluster)
-        cluster.start_head(dashboard=dashboard)
-        cluster.add_workers(num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, resources=worker_resources)
-        return cluster
+        # A node that cannot reach its GCS on a loaded machine (seen in CI: a worker's `ray start`
+        # timing out on the head's GCS twice in a row) is retried once with a whole new cluster:
+        # new temp dir, new head, new ports.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cluster = _new_cluster(auth_token)
+            clusters.append(cluster)
+            try:
+                cluster.start_head(dashboard=dashboard)
+                cluster.add_workers(num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                    resources=worker_resources)  # fmt: skip
+                return cluster
+            except (RuntimeError, TimeoutError) as err:
+                if attempt == START_ATTEMPTS:
+                    raise
+                print(f"\n[cluster] start attempt {attempt} failed, starting a new cluster: {err}", file=sys.stderr)
+                cluster.shutdown()
+        raise AssertionError("unreachable")
 
     try:
         yield start

@@ -64,9 +64,19 @@ SPACE = {"arch": {"grid": ["ConvNet", "Siamese"]}}  # x 2 repeats = 4 trials
 
 
 @pytest.fixture(scope="module")
-def cluster(module_cluster_factory):
-    """One head (0 CPUs) + 2 workers (1 CPU) shared by the tests that kill no node."""
+def shared_cluster(module_cluster_factory):
+    """One head (0 CPUs) + 2 workers (1 CPU) shared by the tests of this module: one cluster
+    at a time keeps a loaded machine's GCS answering (two at once timed a worker out in CI)."""
     return module_cluster_factory(num_workers=2, cpus_per_worker=1)
+
+
+@pytest.fixture
+def cluster(shared_cluster):
+    """The shared cluster with its 2 workers alive (a worker killed by an earlier test is replaced)."""
+    missing = 2 - len(shared_cluster.worker_nodes)
+    if missing > 0:
+        shared_cluster.add_workers(missing, num_cpus=1)
+    return shared_cluster
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -230,8 +240,7 @@ def test_driver_killed_mid_study_resumes_without_loss_or_duplicates(cluster, tmp
           f"rerun {rerun_s:.0f} s")  # fmt: skip
 
 
-def test_worker_killed_mid_study_retries_its_trials_from_checkpoints(multinode_cluster, tmp_path: Path) -> None:
-    cluster = multinode_cluster
+def test_worker_killed_mid_study_retries_its_trials_from_checkpoints(cluster, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "node.yaml", name="node", data=FAULT_DATA,
                       fixed=FAULT_FIXED, space=SPACE)  # fmt: skip
     storage = tmp_path / "studies"
