@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -35,14 +36,28 @@ _NOT_METRIC_KEYS = RAY_KEYS | NOT_METRICS  # once, not per row and key (a quarte
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (Tune's result.json); a line cut by a crash is skipped."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    try:  # one parse of the whole file: a tenth of the per-line calls' cost on 100-epoch files
+        rows = json.loads("[" + ",".join(lines) + "]")
+        if all(isinstance(r, dict) for r in rows):
+            return rows
+    except json.JSONDecodeError:
+        pass
     rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a crash
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -83,36 +98,60 @@ def _trials_from_state(study_dir: Path) -> list[dict]:
 
 
 def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, epochs) tables of a study directory; see the module docstring."""
+    """(trials, epochs) tables of a study directory; see the module docstring.
+
+    Built column by column (the epochs' metrics as one float array each, final and best values by
+    numpy per trial), not row by row: 10,000 trials of 100 epochs in seconds (issue 13)."""
     study_dir = Path(study_dir)
     from trainables import get_family
 
     hp_cols = hyperparameter_columns(spec)
     epochs_default = get_family(spec.trainable).all_defaults["epochs"]
     scheduler = spec.scheduler.type != "none"
-    trial_rows, epoch_rows = [], []
+    trial_rows: list[dict[str, Any]] = []
+    # the epochs table, by column: per trial (offset, n) and its metrics' values
+    tids: list[str] = []
+    counts: list[int] = []
+    epoch_nums: list[int] = []
+    times: list[float] = []
+    diverged: list[int] = []
+    metric_chunks: dict[str, list[tuple[int, list[float]]]] = {}
+    epoch_cols: dict[str, None] = {}  # column order as a table built from row dicts would have it
+    offset = 0
     for t in _trials_from_state(study_dir):
         trial_dir = study_dir / t["logdir"]
         rows = t["rows"] if "rows" in t else _read_jsonl(trial_dir / "result.json")  # issue 13: packs
         # a resumed trial may report an epoch again: keep the last report of each epoch
         by_epoch: dict[int, dict] = {}
         for r in rows:
-            if "epoch" in r:
-                by_epoch[int(r["epoch"])] = r
+            e = r.get("epoch")
+            if e is not None:
+                by_epoch[int(e)] = r
         epochs = [by_epoch[e] for e in sorted(by_epoch)]
-        metric_names = sorted(
-            {k for r in epochs for k, v in r.items() if k not in _NOT_METRIC_KEYS and _is_number(v)}
-        )
-        for r in epochs:
-            epoch_rows.append(
-                {
-                    "trial_id": t["trial_id"],
-                    "epoch": int(r["epoch"]),
-                    **{m: _num(r.get(m)) for m in metric_names},
-                    "time_total_s": _num(r.get("time_total_s")),
-                    "diverged": int(r.get("diverged", 0) or 0),
-                }
-            )
+        keys = set().union(*epochs) - _NOT_METRIC_KEYS if epochs else set()
+        metric_names = sorted(k for k in keys if any(_is_number(r.get(k)) for r in epochs))
+        finals: dict[str, float] = {}
+        bests: dict[str, float] = {}
+        if epochs:
+            n = len(epochs)
+            if not epoch_cols:
+                epoch_cols.update(dict.fromkeys(["trial_id", "epoch", *metric_names, "time_total_s", "diverged"]))
+            else:
+                epoch_cols.update(dict.fromkeys(metric_names))
+            tids.append(t["trial_id"])
+            counts.append(n)
+            epoch_nums.extend(sorted(by_epoch))
+            times.extend([_num(r.get("time_total_s")) for r in epochs])
+            diverged.extend([int(r.get("diverged", 0) or 0) for r in epochs])
+            for m in metric_names:
+                vals = [_num(r.get(m)) for r in epochs]
+                metric_chunks.setdefault(m, []).append((offset, vals))
+                arr = np.asarray(vals, dtype=float)
+                arr = arr[np.isfinite(arr)]
+                mode = spec.mode if m == spec.metric else default_mode(m)
+                finals[m] = float(arr[-1]) if arr.size else math.nan
+                bests[m] = (float(arr.min() if mode == "min" else arr.max())) if arr.size else math.nan
+            offset += n
         last = epochs[-1] if epochs else {}
         config = t["config"]
         status = final_status(t["status"], last, config.get("epochs", epochs_default), scheduler=scheduler)
@@ -126,11 +165,8 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         if row["seed"] is None and "__trial_index__" in config:  # Repeater (optuna): seed from the repeat index
             row["seed"] = spec.seed_list[int(config["__trial_index__"])]
         for m in metric_names:
-            vals = [r[m] for r in epochs if _is_number(r.get(m)) and math.isfinite(r[m])]
-            row[f"final_{m}"] = vals[-1] if vals else math.nan
-            mode = spec.mode if m == spec.metric else default_mode(m)
-            best = min if mode == "min" else max
-            row[f"best_{m}"] = best(vals) if vals else math.nan
+            row[f"final_{m}"] = finals[m]
+            row[f"best_{m}"] = bests[m]
         row["params"] = last.get("params")
         row["epochs_done"] = int(last.get("epoch", 0)) if last else 0
         row["wall_time_s"] = _num(last.get("time_total_s")) if last else 0.0
@@ -143,10 +179,20 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
         trials = pd.DataFrame(
             columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
         )
-    epochs_df = pd.DataFrame(epoch_rows)
-    if epochs_df.empty:
-        epochs_df = pd.DataFrame(columns=["trial_id", "epoch", "time_total_s", "diverged"])
-    return trials, epochs_df
+    if not offset:
+        return trials, pd.DataFrame(columns=["trial_id", "epoch", "time_total_s", "diverged"])
+    columns: dict[str, Any] = {
+        "trial_id": np.repeat(np.array(tids, dtype=object), counts),
+        "epoch": np.asarray(epoch_nums, dtype=np.int64),
+        "time_total_s": np.asarray(times, dtype=float),
+        "diverged": np.asarray(diverged, dtype=np.int64),
+    }
+    for m, chunks in metric_chunks.items():
+        col = np.full(offset, np.nan)
+        for start, vals in chunks:
+            col[start : start + len(vals)] = vals
+        columns[m] = col
+    return trials, pd.DataFrame({c: columns[c] for c in epoch_cols})
 
 
 def hyperparameter_columns(spec: Spec) -> list[str]:
@@ -195,10 +241,14 @@ def _cell(v: Any) -> Any:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    t = type(v)
+    return t is float or t is int or (t is not bool and isinstance(v, (int, float)))
 
 
 def _num(v: Any) -> float:
+    t = type(v)
+    if t is float:
+        return v
     return float(v) if _is_number(v) else math.nan
 
 
