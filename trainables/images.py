@@ -438,10 +438,15 @@ class TrialImages:
             yield adapt(x, self.channels, self.size), ys[idx].to(device, non_blocking=True)
 
     def _folder_batches(self, split: str, batch_size: int, device: torch.device, generator: torch.Generator | None):
+        """Batches of a file-backed split through a DataLoader whose workers persist across epochs. The
+        order is the in-memory path's (a permutation from the trial's generator, cut into global
+        batches), and a data-parallel worker reads only its slice of each global batch
+        (`runtime.shard_batches`): every example once per epoch over all workers, at the spec's
+        global batch size."""
         from torch.utils.data import DataLoader
 
         key = f"{split}:{batch_size}"
-        if key not in self._loaders:  # one loader per split: its workers persist across epochs
+        if key not in self._loaders:  # one loader per split and batch size
             train = split == "train"
             ds = _FolderDataset(
                 self.train_samples if train else self.test_samples, self.channels, self.size,
@@ -449,18 +454,36 @@ class TrialImages:
             )  # fmt: skip
             self._loaders[key] = DataLoader(
                 ds,
-                batch_size=int(batch_size),
-                shuffle=train,
-                generator=torch.Generator(),
+                batch_sampler=_GlobalBatches(len(ds), int(batch_size)),
                 num_workers=self.workers,
                 pin_memory=device.type == "cuda",
                 persistent_workers=self.workers > 0,
             )
         loader = self._loaders[key]
-        if generator is not None:  # this epoch's order from the trial's generator
-            loader.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        n = len(loader.dataset)
+        loader.batch_sampler.order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+class _GlobalBatches(torch.utils.data.Sampler):
+    """A DataLoader's index batches for one epoch: `order` cut into global batches of `batch_size`,
+    of each the slice of this data-parallel worker (all of it outside data-parallel training). The
+    sampler runs in the trial's process, so setting `order` before each epoch works with persistent
+    loader workers."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.order = torch.arange(n)
+        self.batch_size = batch_size
+
+    def _batches(self) -> list[torch.Tensor]:
+        return runtime.shard_batches(list(self.order.split(self.batch_size)))
+
+    def __iter__(self):
+        return (b.tolist() for b in self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 class _FolderDataset(torch.utils.data.Dataset):

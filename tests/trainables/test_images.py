@@ -272,3 +272,31 @@ def test_image_config_rules_name_the_key(over, key) -> None:
     with pytest.raises(ConfigError) as info:
         im.check_image_config("fam", cfg(**over), d)
     assert info.value.key == key and "\n" not in str(info.value)
+
+
+def test_imagenet_folder_is_sharded_over_data_parallel_workers(tmp_path: Path) -> None:
+    """Two DDP workers read disjoint halves of each global batch of the one-worker order (not the
+    whole epoch each), so the global batch is the spec's and every image is read once per epoch."""
+    from trainables import runtime
+
+    write_folder(tmp_path, per_class=4)
+    d = im.load_images("imagenet", str(tmp_path))
+    t = im.prepare_images(cfg(loader_workers=0), d, channels=3, size=16, recipe="none")
+
+    def labels_and_sizes(shard):
+        saved, runtime._SHARD = runtime._SHARD, shard
+        try:
+            batches = list(t.batches("train", 5, CPU, torch.Generator().manual_seed(7)))
+        finally:
+            runtime._SHARD = saved
+        return [y.tolist() for _, y in batches], [len(y) for _, y in batches]
+
+    whole, sizes = labels_and_sizes(None)
+    assert sizes == [5, 5, 2] and sorted(sum(whole, [])) == sorted(y for _, y in d.train)
+    rank0, sizes0 = labels_and_sizes(runtime.Shard(0, 2))
+    rank1, sizes1 = labels_and_sizes(runtime.Shard(1, 2))
+    assert sizes0 == [3, 3, 1] and sizes1 == [2, 2, 1]
+    assert [a + b for a, b in zip(rank0, rank1)] == whole  # each global batch split between the workers
+    # the test split in fixed order, whole on an unsharded evaluation
+    xs = [y for _, y in t.batches("test", 5, CPU, None)]
+    assert sum(len(y) for y in xs) == 12
