@@ -224,16 +224,22 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.out is None and "://" in a.storage:
         raise UserError(f"--storage {a.storage}: with shared storage give --out FILE for the comparison page")
     out = Path(a.out) if a.out else Path(a.storage).expanduser() / f"compare-{'-'.join(a.names)}.html"
+    check_page_out(out, "comparison", "compare.html")
+    print(f"comparison: {write_comparison(dirs, out)}")
+    return 0
+
+
+def check_page_out(out: Path, what: str, example: str) -> None:
+    """--out of a page written across studies (compare, scorecard): an .html file in an existing
+    directory that is not inside any study (a study's files are never replaced by such a page)."""
     if out.is_dir() or not out.parent.is_dir():
         raise UserError(f"--out {out}: must be a file path in an existing directory")
     if out.suffix.lower() not in (".html", ".htm"):
-        raise UserError(f"--out {out}: must be an .html file (the comparison page), e.g. --out compare.html")
+        raise UserError(f"--out {out}: must be an .html file (the {what} page), e.g. --out {example}")
     inside = study_containing(out.resolve().parent)
     if inside is not None:
-        raise UserError(f"--out {out}: is inside the study directory {inside}; a comparison never writes into a "
+        raise UserError(f"--out {out}: is inside the study directory {inside}; a {what} never writes into a "
                         "study: give a path outside it")  # fmt: skip
-    print(f"comparison: {write_comparison(dirs, out)}")
-    return 0
 
 
 def cmd_scorecard(a: argparse.Namespace) -> int:
@@ -246,8 +252,7 @@ def cmd_scorecard(a: argparse.Namespace) -> int:
     if a.out is None and "://" in a.storage:
         raise UserError(f"--storage {a.storage}: with shared storage give --out FILE for the scorecard")
     out = Path(a.out) if a.out else Path(a.storage).expanduser() / SCORECARD_FILE
-    if out.is_dir() or not out.parent.is_dir():
-        raise UserError(f"--out {out}: must be a file path in an existing directory")
+    check_page_out(out, "scorecard", "scorecard.html")
     dirs = []
     for name in store.names():
         d = store.pull(name)

@@ -31,10 +31,27 @@ class Grid(_Strict):
     @field_validator("grid")
     @classmethod
     def _distinct(cls, values: list[Any]) -> list[Any]:
-        twice = [v for i, v in enumerate(values) if v in values[:i]]  # lists are values too: no set()
-        if twice:
-            raise ValueError(f"grid values must be distinct (each is run once per seed), but {short(twice[0])} is repeated")
+        seen: set[Any] = set()
+        for v in values:  # linear: a 100,000-value axis is checked in milliseconds, before the size limits
+            key = _equality_key(v)
+            if key in seen:
+                raise ValueError(f"grid values must be distinct (each is run once per seed), but {short(v)} is repeated")
+            seen.add(key)
         return values
+
+
+def _equality_key(v: Any) -> Any:
+    """A hashable stand-in for a YAML value that is equal for values that are == (1, 1.0 and True
+    alike, as in Python), lists and mappings included."""
+    if isinstance(v, list):
+        return ("list", tuple(_equality_key(x) for x in v))
+    if isinstance(v, dict):
+        return ("dict", frozenset((k, _equality_key(x)) for k, x in v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return ("repr", repr(v))
+    return v
 
 
 class Choice(_Strict):

@@ -86,3 +86,12 @@ def test_study_scorecard_cli(storage: Path, tmp_path: Path, capsys) -> None:
     assert main(["scorecard", "--storage", str(storage)]) == 0 and (storage / "scorecard.html").is_file()
     assert main(["scorecard", "--storage", str(storage), "--out", str(tmp_path / "nope" / "x.html")]) == 2
     assert "--out" in capsys.readouterr().err
+    # never into a study: neither over its files nor beside them (the scorecard's table goes next to it)
+    spec_before = (storage / "empty" / "spec.yaml").read_bytes()
+    for target in (storage / "empty" / "spec.yaml", storage / "empty" / "card.html", storage / "empty" / "results" / "x.html"):
+        (storage / "empty" / "results").mkdir(exist_ok=True)
+        assert main(["scorecard", "--storage", str(storage), "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {target}" in err and len(err.strip().splitlines()) == 1
+    assert (storage / "empty" / "spec.yaml").read_bytes() == spec_before
+    assert not list((storage / "empty").rglob("scorecard.parquet")) and not (storage / "empty" / "card.html").exists()

@@ -50,6 +50,9 @@ def one_line_exit_2(code: int, err: str, *needles: str, limit: int = 1100) -> No
         (["search.num_samples=10000000000"], ["search.num_samples: at most 100,000"]),
         ([f"space.k{i}.grid=[{','.join(map(str, range(10)))}]" for i in range(10)] + ["space.weight_decay.grid=[0.0,0.1,0.2]"],
          ["space: the study would run 3.6e+11 trials", "at most 100,000 per study"]),
+        # one long axis: its values are checked for repeats in linear time (quadratic took minutes)
+        ([f"space.k.grid=[{','.join(map(str, range(60000)))}]", "space.j.grid=[1,2]"],
+         ["space: the study would run", "at most 100,000 per study"]),
     ],
 )  # fmt: skip
 def test_limits_are_checked_before_anything_is_built(capsys, overrides: list[str], needles: list[str]) -> None:
