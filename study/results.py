@@ -320,10 +320,19 @@ def study_counts(study_dir: Path) -> dict[str, int]:
     for t in _trials_from_state(study_dir):
         last = t["meta"].get("last_result") or {}
         status = final_status(t["status"], last, t["config"].get("epochs", epochs_default), scheduler=scheduler)
-        if t["status"] == "TERMINATED" and not (Path(study_dir) / t["logdir"]).is_dir():
+        if t["status"] == "TERMINATED" and _results_gone(Path(study_dir) / t["logdir"]):
             status = "MISSING"
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def _results_gone(trial_dir: Path) -> bool:
+    """A finished trial's directory or result.json is missing or empty (what `missing_data` calls
+    lost, told without reading the results)."""
+    try:
+        return (trial_dir / "result.json").stat().st_size == 0
+    except OSError:
+        return True
 
 
 def list_studies(storage: str | Path) -> list[dict[str, Any]]:

@@ -195,6 +195,13 @@ def test_deleted_trial_directory_is_reported_missing(finished: Path, tmp_path: P
     code, _, _ = run(capsys, "report", "done", "--storage", str(study.parent))
     trials = pd.read_parquet(study / "results" / "trials.parquet")
     assert code == 0 and list(trials["status"]) == ["MISSING", "MISSING"]
+    code, out, _ = run(capsys, "status", "done", "--storage", str(study.parent))  # status agrees with the table
+    assert code == 0 and "done: 2 missing" in out
+    # a result.json deleted (its directory kept): the same in status, ls and the table
+    (sorted(study.glob("trial_*"))[0] / "result.json").write_text((finished / sorted(study.glob("trial_*"))[0].name / "result.json").read_text())
+    (sorted(study.glob("trial_*"))[0] / "result.json").unlink()
+    code, out, _ = run(capsys, "ls", "--storage", str(study.parent))
+    assert code == 0 and "2 missing" in out, out
 
 
 @pytest.mark.e2e
