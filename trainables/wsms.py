@@ -52,6 +52,7 @@ from trainables.backbones import ARCHS, CifarDenseNet, CifarResNet, ResNet
 from trainables.common import ConfigError, Family
 from trainables.images import (
     IMAGE_DEFAULTS,
+    FolderImages,
     SCALE_METRIC_PATTERN,
     TrialImages,
     check_image_config,
@@ -69,7 +70,7 @@ BACKBONES = TORCHVISION_BACKBONES + CIFAR_BACKBONES
 INTEGRATIONS = ("none", "conv1x1", "conv3x3")
 DOWNSCALES = ("bilinear-antialias", "bilinear", "avgpool", "nearest")
 # depth 0 = the papers' net: ResNet-110 (He 2016a), PreAct-ResNet-110 (basic) / ResNet-164 (bottleneck),
-# DenseNet-BC-100 (k=12), DenseNet-100 (the k=24 net of the slides' 3.74%)
+# DenseNet-BC-100 (k=12), DenseNet-100 (k=12 by default; the slides' 3.74% is k=24: set width 24)
 STANDARD_DEPTH = {"cifar_resnet": 110, "cifar_preact_resnet": 110, "cifar_densenet_bc": 100, "cifar_densenet": 100}
 STANDARD_WIDTH = {"cifar_resnet": 16, "cifar_preact_resnet": 16, "cifar_densenet_bc": 12, "cifar_densenet": 12}
 
@@ -175,9 +176,9 @@ class WSMSNet(nn.Module):
         self.method = cfg["downscale"]
         first = make_trunk(cfg, num_classes)
         n_groups = len(first.groups)
-        if self.stages > n_groups + 1:
+        if self.stages > n_groups:
             raise ConfigError(
-                NAME, "stages", f"{cfg['backbone']} has {n_groups} groups: stage {n_groups + 2} would have none to run"
+                NAME, "stages", f"{cfg['backbone']} has {n_groups} groups: stage {n_groups + 1} would run the stem and no group"
             )
         self.depths = [n_groups - s for s in range(self.stages)]  # groups run by stage s+1
         trunks = [first] + [make_trunk(cfg, num_classes) for _ in range(self.stages - 1)] if self.ms else [first]
@@ -248,7 +249,8 @@ def integration_width(cfg: dict[str, Any], trunk: Trunk) -> int:
 
 
 def build(cfg: dict[str, Any]) -> nn.Module:
-    num_classes = int(cfg["num_classes"]) or 10  # 0 (the data's) is filled by run_trial; outside it: 10
+    # 0 (the data's) is filled by run_trial; outside it: ImageNet's 1000 for the torchvision nets, else 10
+    num_classes = int(cfg["num_classes"]) or (1000 if cfg["backbone"] in TORCHVISION_BACKBONES else 10)
     return WSMSNet(cfg, num_classes)
 
 
@@ -351,6 +353,15 @@ def check(cfg: dict[str, Any], data: Any = None) -> None:
                 f"{end}x{end}, not {ends[0]}x{ends[0]}"
             )  # fmt: skip
             raise ConfigError(NAME, "stages", f"{name} at {side} px allows at most {ok} stages: {why}")
+    if cfg["stages"] > n_groups:  # at any size: with a 1x1 final map a stem-only stage would pass the size check
+        raise ConfigError(NAME, "stages", f"{name} has {n_groups} groups: at most {n_groups} stages (stage "
+                          f"{n_groups + 1} would run the stem and no group; got {cfg['stages']})")  # fmt: skip
+    if data is not None and int(cfg["batch_size"]) > 0:
+        n = len(data.train) if isinstance(data, FolderImages) else len(data.train_y)
+        used = int(cfg["n_train"]) or n
+        if used % int(cfg["batch_size"]) == 1:
+            raise ConfigError(NAME, "batch_size", f"{used} training images in batches of {cfg['batch_size']} leave a "
+                              "last batch of one image, which BatchNorm cannot normalise; change batch_size or n_train")  # fmt: skip
 
 
 FAMILY = Family(

@@ -124,6 +124,9 @@ def test_every_stage_ends_at_the_final_size(keys: dict, side: int, max_stages: i
         ({"backbone": "resnet152"}, 224, 6, "allows at most 4 stages: stage 5"),
         ({"backbone": "cifar_resnet"}, 32, 4, "cifar_resnet at 32 px allows at most 3 stages: stage 4 (4 px input, stem + 0 groups) would end at 4x4, not 8x8"),
         ({"backbone": "cifar_densenet_bc"}, 32, 5, "allows at most 3 stages: stage 4"),
+        # small images (a 1x1 final map): a stem-only stage would end at the same size, still refused
+        ({"backbone": "resnet50", "width": 4}, 32, 5, "resnet50 has 4 groups: at most 4 stages (stage 5 would run the stem and no group; got 5)"),
+        ({"backbone": "resnet18"}, 16, 5, "resnet18 has 4 groups: at most 4 stages"),
         ({"backbone": "cifar_resnet"}, 34, 3, "cifar_resnet at 34 px allows at most 2 stages: stage 3 (8 px input, stem + 1 groups) would end at 8x8, not 9x9"),
     ],
 )  # fmt: skip
@@ -151,6 +154,7 @@ def test_size_check_agrees_with_the_forward(backbone: str) -> None:
                 model = WSMSNet(c, 10).eval()  # builds whenever every stage has a group left to run
             except ConfigError:
                 assert not accepted
+                verdicts.append(False)
                 continue
             with torch.no_grad():
                 try:
@@ -325,3 +329,16 @@ def test_shipped_spaces_validate_offline(name: str) -> None:
     check_keys(spec, path)
     check_configs(spec, path, FAMILY.load_data("mnist-5k", None))
     assert spec.fixed["scale_eval"] == [0.5, 0.75, 1.0, 1.5, 2.0]
+
+
+def test_a_last_batch_of_one_image_is_refused():
+    data = FAMILY.load_data("mnist-5k", None)
+    small = {"backbone": "resnet18", "image_size": 32, "stages": 2}  # final maps of 1x1: BatchNorm needs 2 images
+    with pytest.raises(ConfigError, match=r"^trainable wsms: batch_size: 33 training images in batches of 16"):
+        check(cfg(**small, n_train=33, batch_size=16), data)
+    check(cfg(**small, n_train=34, batch_size=16), data)
+
+
+def test_imagenet_backbones_default_to_1000_classes_outside_a_trial():
+    assert on_meta(backbone="resnet50", stages=3, integration="conv1x1", num_classes=0) == 28_203_048
+    assert build(cfg(backbone="cifar_resnet", depth=8, width=4, stages=2, num_classes=0)).fc.out_features == 10
