@@ -1,19 +1,21 @@
 """Entropic optimal transport between two mini-batches: Sinkhorn in the log domain, costs, the
 Sinkhorn divergence (EncapNet's feedback-agreement loss, seed 004 section 3.2, eqs. 8-11).
 
-`sinkhorn` runs the authors' iterations (PAPERS.md section 5 "OT unit": b = 1/B; L times
-{a = (1/B) / (K b); b = (1/B) / (K^T a)}; P = diag(a) K diag(b); W = <P, C>) with K = exp(-C/eps),
-but on log-scalings with logsumexp, so that no kernel entry is ever formed: for any eps > 0 the
+`sinkhorn` runs POT's iterations (``ot.sinkhorn`` / ``method="sinkhorn_log"``: u = 1/N; L times
+{v = b / (K^T u); u = a / (K v)}; P = diag(u) K diag(v); W = <P, C>) with K = exp(-C/eps), on
+log-scalings with logsumexp, so that no kernel entry is ever formed: for any eps > 0 the
 iterates stay finite where exp(-C/eps) would underflow to 0 and the scaling form would divide
 0 by 0 (the authors add 1e-20 to the denominators instead). The result is the same P as the
 scaling form wherever that one is finite. The iterations run in float64 (a B x B problem: cheap),
-since the potentials grow like |C| / eps. ``grad_through_iterations=False`` detaches the plan
-(the gradient w.r.t. C is then P itself, the envelope theorem's: Table 3 right, d2, is the
-opposite, back-propagating through the iterates).
+since the potentials grow like |C| / eps. ``grad_through_iterations=False`` runs them without
+autograd and gives the gradient w.r.t. C of P itself, the envelope theorem's (Table 3 right, d2,
+is the opposite, back-propagating through the iterates).
 
-Checked against POT (``ot.sinkhorn2``) in tests/trainables/test_encapnet.py: the authors update
-a before b, POT updates b (its v) before a (its u), so our L iterations on C are POT's L
-iterations on C^T.
+The authors' code (PAPERS.md section 5 "OT unit": b = 1/B; L times {a = (1/B) / (K b);
+b = (1/B) / (K^T a)}) updates the other side first: their L iterations on C are ours on C^T, the
+same problem (W and P^T) once converged. We follow POT so that a check against ``ot.sinkhorn2``
+on the same cost needs no transposition (tests/trainables/test_encapnet.py, values and gradients,
+uniform and non-uniform weights, single and batched costs).
 """
 
 from __future__ import annotations
@@ -35,27 +37,35 @@ def sinkhorn(
     log_a: torch.Tensor | None = None,
     log_b: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropic OT between two discrete measures, cost (N, M), weights uniform unless log_a (N,)
-    and log_b (M,) give their logarithms. Returns (W, P): W = <P, C> after `iterations` Sinkhorn
-    iterations at regularisation `eps` (> 0), P the transport plan (N, M)."""
+    """Entropic OT between two discrete measures, cost (..., N, M) (leading dimensions: a batch of
+    problems), weights uniform unless log_a (..., N) and log_b (..., M) give their logarithms (equal
+    total mass). Returns (W, P): W = <P, C> (shape (...)) after `iterations` Sinkhorn iterations at
+    regularisation `eps` (> 0), P the transport plan (..., N, M)."""
     if not eps > 0 or not math.isfinite(eps):
         raise ValueError(f"sinkhorn: eps must be a finite number > 0, got {eps}")
     if iterations < 1:
         raise ValueError(f"sinkhorn: iterations must be >= 1, got {iterations}")
-    n, m = cost.shape
+    if cost.dim() < 2:
+        raise ValueError(f"sinkhorn: cost must be (..., N, M), got shape {tuple(cost.shape)}")
+    n, m = cost.shape[-2:]
     dtype = cost.dtype
     c64 = cost.double()  # in float64: the potentials reach |C| / eps (5e7 at eps 1e-6), beyond float32's digits
     log_a = torch.full((n,), -math.log(n), dtype=c64.dtype, device=cost.device) if log_a is None else log_a.double()
     log_b = torch.full((m,), -math.log(m), dtype=c64.dtype, device=cost.device) if log_b is None else log_b.double()
-    log_k = -c64 / eps  # log of the Gibbs kernel, never exponentiated on its own
-    g = log_b.clone()  # log b, the authors' start b = 1/B
-    for _ in range(int(iterations)):
-        f = log_a - torch.logsumexp(log_k + g[None, :], dim=1)  # log a = log(1/B) - log(K b)
-        g = log_b - torch.logsumexp(log_k + f[:, None], dim=0)  # log b = log(1/B) - log(K^T a)
-    plan = torch.exp(f[:, None] + log_k + g[None, :])
-    if not grad_through_iterations:
-        plan = plan.detach()
-    return (plan * c64).sum().to(dtype), plan.to(dtype)
+    if log_a.shape[-1] != n or log_b.shape[-1] != m:
+        raise ValueError(f"sinkhorn: weights of sizes {log_a.shape[-1]} and {log_b.shape[-1]} for a cost of {n} x {m}")
+    mass_a, mass_b = torch.logsumexp(log_a, dim=-1), torch.logsumexp(log_b, dim=-1)
+    if not torch.allclose(mass_a, mass_b, atol=1e-9, rtol=0):
+        raise ValueError("sinkhorn: the two measures must have the same total mass (balanced OT)")
+    with torch.set_grad_enabled(grad_through_iterations and torch.is_grad_enabled()):
+        log_k = -c64 / eps  # log of the Gibbs kernel, never exponentiated on its own
+        f = torch.full((*c64.shape[:-1],), -math.log(n), dtype=c64.dtype, device=cost.device)  # POT's start u = 1/N
+        for _ in range(int(iterations)):
+            g = log_b - torch.logsumexp(log_k + f[..., :, None], dim=-2)  # log v = log b - log(K^T u)
+            f = log_a - torch.logsumexp(log_k + g[..., None, :], dim=-1)  # log u = log a - log(K v)
+        plan = torch.exp(f[..., :, None] + log_k + g[..., None, :])
+    # without the iterations in the graph, d<P, C>/dC = P (the envelope theorem's gradient)
+    return (plan * c64).sum(dim=(-2, -1)).to(dtype), plan.to(dtype)
 
 
 def pairwise_cost(x: torch.Tensor, y: torch.Tensor, kind: str = "l2") -> torch.Tensor:

@@ -104,26 +104,58 @@ def test_capfc_is_a_per_dimension_fully_connected_layer():
 # -- Sinkhorn against POT ---------------------------------------------------------------------------
 
 
+def _weights(n: int, uniform: bool, seed: int) -> torch.Tensor:
+    if uniform:
+        return torch.full((n,), 1 / n, dtype=torch.float64)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.2
+    return w / w.sum()
+
+
 @pytest.mark.parametrize("eps", [10.0, 1.0, 0.1, 0.01, 1e-3])
 @pytest.mark.parametrize("iterations", [1, 5, 50])
-def test_sinkhorn_matches_pot_values_and_gradients(eps: float, iterations: int):
-    """Our iterations on C (a first) are POT's on C^T (POT updates its v first); autodiff through the
-    iterates in both."""
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "weighted"])
+def test_sinkhorn_matches_pot_values_and_gradients(eps: float, iterations: int, uniform: bool):
+    """The same L iterations as POT on the same cost (no early stop), autodiff through the iterates
+    in both; any marginals."""
     g = torch.Generator().manual_seed(int(eps * 1000) + iterations)
     cost = (torch.rand(7, 5, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
-    ours, plan = sinkhorn(cost, eps, iterations)
+    a, b = _weights(7, uniform, 1), _weights(5, uniform, 2)
+    ours, plan = sinkhorn(cost, eps, iterations, log_a=a.log(), log_b=b.log())
     (grad,) = torch.autograd.grad(ours, cost)
-    cost_t = cost.detach().T.clone().requires_grad_(True)
-    a, b = torch.full((5,), 1 / 5, dtype=torch.float64), torch.full((7,), 1 / 7, dtype=torch.float64)
-    ref = ot.sinkhorn2(a, b, cost_t, eps, method="sinkhorn_log", numItermax=iterations, stopThr=0.0)
-    (ref_grad,) = torch.autograd.grad(ref, cost_t)
+    ref_cost = cost.detach().clone().requires_grad_(True)
+    ref = ot.sinkhorn2(a, b, ref_cost, eps, method="sinkhorn_log", numItermax=iterations, stopThr=0.0)
+    (ref_grad,) = torch.autograd.grad(ref, ref_cost)
     assert float(ours) == pytest.approx(float(ref), rel=1e-9, abs=1e-12)
-    assert torch.allclose(grad, ref_grad.T, rtol=1e-7, atol=1e-10)
+    assert torch.allclose(grad, ref_grad, rtol=1e-7, atol=1e-10)
     if eps >= 0.1:  # the plain scaling algorithm agrees where its kernel does not underflow
-        plain = ot.sinkhorn2(a, b, cost_t.detach(), eps, method="sinkhorn", numItermax=iterations, stopThr=0.0)
+        plain = ot.sinkhorn2(a, b, cost.detach(), eps, method="sinkhorn", numItermax=iterations, stopThr=0.0)
         assert float(ours) == pytest.approx(float(plain), rel=1e-9)
-    # marginals: the last update (b) makes the columns exact
-    assert torch.allclose(plan.sum(0), torch.full((5,), 1 / 5, dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(plan, ot.sinkhorn(a, b, cost.detach(), eps, numItermax=iterations, stopThr=0.0), atol=1e-12)
+    # marginals: the last update (u, the rows) makes the rows exact
+    assert torch.allclose(plan.sum(1), a, atol=1e-12)
+
+
+def test_sinkhorn_on_a_batch_of_costs_is_each_problem_alone():
+    g = torch.Generator().manual_seed(5)
+    costs = torch.rand(3, 6, 4, generator=g, dtype=torch.float64)
+    values, plans = sinkhorn(costs, 0.1, 20)
+    assert values.shape == (3,) and plans.shape == (3, 6, 4)
+    for i in range(3):
+        v, p = sinkhorn(costs[i], 0.1, 20)
+        assert torch.allclose(values[i], v, rtol=1e-12) and torch.allclose(plans[i], p, atol=1e-14)
+        a, b = _weights(6, True, 0), _weights(4, True, 0)
+        assert float(v) == pytest.approx(float(ot.sinkhorn2(a, b, costs[i], 0.1, method="sinkhorn_log",
+                                                             numItermax=20, stopThr=0.0)), rel=1e-9)  # fmt: skip
+
+
+def test_sinkhorn_refuses_unbalanced_weights_and_bad_shapes():
+    cost = torch.rand(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same total mass"):
+        sinkhorn(cost, 1.0, 5, log_a=torch.full((3,), 0.5).log(), log_b=torch.full((4,), 0.25).log())
+    with pytest.raises(ValueError, match="weights of sizes"):
+        sinkhorn(cost, 1.0, 5, log_a=torch.full((4,), 0.25).log())
+    with pytest.raises(ValueError, match=r"\(\.\.\., N, M\)"):
+        sinkhorn(torch.rand(4), 1.0, 5)
 
 
 @pytest.mark.parametrize("eps", [1.0, 0.05])
@@ -131,11 +163,12 @@ def test_sinkhorn_detached_plan_gives_the_envelope_gradient(eps: float):
     g = torch.Generator().manual_seed(3)
     cost = torch.rand(6, 6, generator=g, dtype=torch.float64).requires_grad_(True)
     value, plan = sinkhorn(cost, eps, 200, grad_through_iterations=False)
+    assert not plan.requires_grad  # the iterations ran without autograd
     (grad,) = torch.autograd.grad(value, cost)
     assert torch.equal(grad, plan)  # d<P, C>/dC with P fixed
     a = torch.full((6,), 1 / 6, dtype=torch.float64)
-    pot_plan = ot.sinkhorn(a, a, cost.detach().T, eps, method="sinkhorn_log", numItermax=200, stopThr=0.0)
-    assert torch.allclose(plan, pot_plan.T, atol=1e-10)
+    pot_plan = ot.sinkhorn(a, a, cost.detach(), eps, method="sinkhorn_log", numItermax=200, stopThr=0.0)
+    assert torch.allclose(plan, pot_plan, atol=1e-10)
 
 
 def test_sinkhorn_small_eps_never_nan_where_the_kernel_underflows():
@@ -152,8 +185,8 @@ def test_sinkhorn_small_eps_never_nan_where_the_kernel_underflows():
     a = torch.full((16,), 1 / 16, dtype=torch.float64)
     c64 = cost.detach().double()
     with pytest.warns(UserWarning):  # POT: "numerical errors" (its kernel underflows)
-        ot.sinkhorn2(a, a, c64.T, 0.01, method="sinkhorn", numItermax=50, stopThr=0.0)
-    ref = ot.sinkhorn2(a, a, c64.T, 0.01, method="sinkhorn_log", numItermax=50, stopThr=0.0)
+        ot.sinkhorn2(a, a, c64, 0.01, method="sinkhorn", numItermax=50, stopThr=0.0)
+    ref = ot.sinkhorn2(a, a, c64, 0.01, method="sinkhorn_log", numItermax=50, stopThr=0.0)
     assert float(sinkhorn(cost.detach(), 0.01, 50)[0]) == pytest.approx(float(ref), rel=1e-5)
 
 
