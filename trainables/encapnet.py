@@ -93,6 +93,7 @@ from trainables.common import ConfigError, Family
 from trainables.images import (
     IMAGE_DEFAULTS,
     SCALE_METRIC_PATTERN,
+    check_batches_for_batchnorm,
     check_image_config,
     evaluate_images,
     image_metrics,
@@ -663,6 +664,7 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 def check(cfg: dict, data: Any = None) -> None:
     check_image_config("encapnet", cfg, data)
+    check_batches_for_batchnorm("encapnet", cfg, data)  # every net here has BatchNorm (the OT critic too)
     _one_of("arch", cfg["arch"], ARCHS)
     _one_of("core", cfg["core"], CORES)
     _one_of("skip", cfg["skip"], SKIPS)

@@ -538,6 +538,20 @@ def source_classes(source: str, classes_file: str | None = None) -> int:
     return NUM_CLASSES[source]
 
 
+def check_batches_for_batchnorm(family: str, cfg: Mapping[str, Any], data: Images | None) -> None:
+    """With data: no training batch of a single image (the last one, or all with batch_size 1):
+    BatchNorm cannot normalise one example by its own statistics (a crash mid-trial otherwise)."""
+    if data is None:
+        return
+    n = len(data.train) if isinstance(data, FolderImages) else len(data.train_y)
+    used, batch = int(cfg["n_train"]) or n, int(cfg["batch_size"])
+    if batch == 1:
+        raise ConfigError(family, "batch_size", "must be >= 2: BatchNorm cannot normalise a batch of one image")
+    if batch > 1 and used % batch == 1:
+        raise ConfigError(family, "batch_size", f"{used} training images in batches of {batch} leave a last batch "
+                          "of one image, which BatchNorm cannot normalise; change batch_size or n_train")  # fmt: skip
+
+
 def check_image_config(family: str, cfg: Mapping[str, Any], data: Images | None) -> None:
     """Rules of the `IMAGE_DEFAULTS` keys (one-line `ConfigError`s); with data, also the sizes."""
     if cfg["num_classes"] < 0:

@@ -74,6 +74,7 @@ from trainables.images import (
     FolderImages,
     Images,
     TrialImages,
+    check_batches_for_batchnorm,
     check_image_config,
     cross_entropy,
     evaluate_images,
@@ -401,16 +402,7 @@ def check(cfg: Mapping[str, Any], data: Images | None = None) -> None:
     (BatchNorm cannot normalise one example by its own statistics)."""
     check_image_config(NAME, cfg, data)
     _check(cfg)
-    if data is not None:
-        n = len(data.train) if isinstance(data, FolderImages) else len(data.train_y)
-        used = cfg["n_train"] or n
-        if used % int(cfg["batch_size"]) == 1:
-            raise ConfigError(
-                NAME,
-                "batch_size",
-                f"{used} training images in batches of {cfg['batch_size']} leave a last batch of one image, "
-                "which BatchNorm cannot normalise; change batch_size or n_train",
-            )
+    check_batches_for_batchnorm(NAME, cfg, data)
 
 
 FAMILY = Family(

@@ -52,9 +52,9 @@ from trainables.backbones import ARCHS, CifarDenseNet, CifarResNet, ResNet
 from trainables.common import ConfigError, Family
 from trainables.images import (
     IMAGE_DEFAULTS,
-    FolderImages,
     SCALE_METRIC_PATTERN,
     TrialImages,
+    check_batches_for_batchnorm,
     check_image_config,
     evaluate_images,
     image_metrics,
@@ -356,12 +356,7 @@ def check(cfg: dict[str, Any], data: Any = None) -> None:
     if cfg["stages"] > n_groups:  # at any size: with a 1x1 final map a stem-only stage would pass the size check
         raise ConfigError(NAME, "stages", f"{name} has {n_groups} groups: at most {n_groups} stages (stage "
                           f"{n_groups + 1} would run the stem and no group; got {cfg['stages']})")  # fmt: skip
-    if data is not None and int(cfg["batch_size"]) > 0:
-        n = len(data.train) if isinstance(data, FolderImages) else len(data.train_y)
-        used = int(cfg["n_train"]) or n
-        if used % int(cfg["batch_size"]) == 1:
-            raise ConfigError(NAME, "batch_size", f"{used} training images in batches of {cfg['batch_size']} leave a "
-                              "last batch of one image, which BatchNorm cannot normalise; change batch_size or n_train")  # fmt: skip
+    check_batches_for_batchnorm(NAME, cfg, data)
 
 
 FAMILY = Family(

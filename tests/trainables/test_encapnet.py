@@ -342,3 +342,16 @@ def test_spaces_load_offline_and_paper_rows_hit_grid_points(name: str):
         assert any(all(c.get(k) == v for k, v in row.where.items()) for c in configs), row.label
         if row.metric == "test_acc":
             assert 0.5 < row.value < 1 and "error" in row.label  # 1 - the paper's error %
+
+
+@pytest.mark.parametrize(("n_train", "batch_size", "ok"), [(33, 16, False), (34, 16, True), (40, 1, False)])
+def test_a_training_batch_of_one_image_is_refused(n_train: int, batch_size: int, ok: bool):
+    """Every net here (the OT critic too) has BatchNorm: a batch of one would crash mid-trial."""
+    data = FAMILY.load_data("mnist-5k", None)
+    c = cfg_of(n_train=n_train, batch_size=batch_size, reg="ot")
+    if ok:
+        check(c, data)
+        return
+    with pytest.raises(ConfigError, match=r"^trainable encapnet: batch_size: ") as e:
+        check(c, data)
+    assert "\n" not in str(e.value)
