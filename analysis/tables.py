@@ -95,13 +95,20 @@ def is_fraction(metric: str) -> bool:
     return "acc" in metric or "iou" in metric
 
 
+def is_percent(metric: str) -> bool:
+    """Metrics in percent (0-100), e.g. ``test_err_pct``: errors as the papers give them."""
+    return metric.endswith("_pct")
+
+
 def clip_fraction(lo: Any, hi: Any, column: str, values: Any) -> tuple[Any, Any]:
-    """An interval of a fraction `column` clipped to [0, 1] (when its `values` lie in [0, 1]):
-    a mean of accuracies cannot leave [0, 100%] whatever the t-interval says."""
+    """An interval of a fraction `column` clipped to [0, 1] (a percent column to [0, 100]) when its
+    `values` lie in that range: a mean of accuracies or errors cannot leave [0, 100%] whatever the
+    t-interval says."""
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
-    if is_fraction(column) and v.size and v.min() >= 0 and v.max() <= 1:
-        return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+    top = 1.0 if is_fraction(column) else 100.0 if is_percent(column) else None
+    if top is not None and v.size and v.min() >= 0 and v.max() <= top:
+        return np.clip(lo, 0.0, top), np.clip(hi, 0.0, top)
     return lo, hi
 
 
@@ -366,12 +373,14 @@ def paper_vs_reproduced(
 
 def paper_tolerance(metric: str, tolerance: Any = None, paper_std: float = math.nan) -> float:
     """How far from the paper's value a reproduction may be and still count as reproduced: the
-    row's ``tolerance``, else the paper's std, else 3 points for fractions, else 0 (exact, e.g.
-    parameter counts)."""
+    row's ``tolerance``, else the paper's std, else 3 points for fractions (0.03) and percentages
+    (3.0), else 0 (exact, e.g. parameter counts)."""
     if tolerance is not None and not pd.isna(tolerance):
         return float(tolerance)
     if not math.isnan(paper_std) and paper_std > 0:
         return float(paper_std)
+    if is_percent(metric):
+        return DEFAULT_TOLERANCE * 100
     return DEFAULT_TOLERANCE if is_fraction(metric) else 0.0
 
 

@@ -768,7 +768,7 @@ FAMILY = Family(
     check=check,
     metrics=image_metrics(10, extra=("train_reg_loss", "ot_params")),
     # config-dependent: top-5 on > 10 classes; the platform's cost metrics (run_trial) for paper rows
-    metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5"),
+    metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_err_top5_pct"),
     model_keys=(
         "arch",
         "width",

@@ -21,7 +21,8 @@ One data layer for every image family (PAPERS.md sections 3-5):
   from files), ``none``.
 - **File-backed data** (ImageNet) is read by a ``DataLoader`` over torchvision's ``ImageFolder``
   (workers from the trial's CPUs, pinned memory and persistent workers on GPU).
-- **Evaluation** (`evaluate_images`): ``test_loss``, ``test_acc`` (top-1, fraction),
+- **Evaluation** (`evaluate_images`): ``test_loss``, ``test_acc`` (top-1, fraction), ``test_err_pct``
+  (the same as an error in percent, the papers' unit; ``test_err_top5_pct`` likewise),
   ``test_acc_top5`` when there are more than 10 classes, per-head accuracies for families whose
   forward returns several logits, and the scale-robustness metric ``test_acc_scale_<factor>``
   for each factor in ``scale_eval`` (`rescale`: shrink and zero-pad, or enlarge and centre-crop).
@@ -712,7 +713,19 @@ def evaluate_images(
         for f in factors:
             scaled = main_logits(model(data.finish(rescale(x, float(f)))))
             _add(sums, scale_metric(f), float((scaled.argmax(1) == y).sum()))
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    metrics = {k: v / max(n, 1) for k, v in sums.items()}
+    return {**metrics, **percent_errors(metrics)}
+
+
+def percent_errors(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``test_err_pct`` (and ``test_err_top5_pct``): the test errors in percent, the papers' unit,
+    so that paper rows can be written as the papers print them."""
+    out = {}
+    if "test_acc" in metrics:
+        out["test_err_pct"] = 100.0 * (1.0 - metrics["test_acc"])
+    if "test_acc_top5" in metrics:
+        out["test_err_top5_pct"] = 100.0 * (1.0 - metrics["test_acc_top5"])
+    return out
 
 
 def _add(sums: dict[str, float], key: str, value: float) -> None:
@@ -726,8 +739,9 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
 
 def image_metrics(num_classes_max: int, extra: Sequence[str] = ()) -> tuple[str, ...]:
     """The metric names an image family declares (`Family.metrics`)."""
-    base = ("train_loss", "train_acc", "test_loss", "test_acc")
-    return (*base, *(("test_acc_top5",) if num_classes_max > 10 else ()), *extra)
+    base = ("train_loss", "train_acc", "test_loss", "test_acc", "test_err_pct")
+    top5 = ("test_acc_top5", "test_err_top5_pct") if num_classes_max > 10 else ()
+    return (*base, *top5, *(m for m in extra if m not in base))
 
 
 def is_scale_metric(name: str) -> bool:

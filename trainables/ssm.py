@@ -425,7 +425,7 @@ FAMILY = Family(
             "test_acc_ensemble_gain",
         ),
     ),
-    metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_acc_head\d+", r"test_acc_member\d+"),
+    metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_err_top5_pct", r"test_acc_head\d+", r"test_acc_member\d+"),
     model_keys=("arch", "width", "cifar_stem", "image_size", "head", "heads", "bn_relu", "ensemble", "num_classes"),
     input_shape=lambda cfg: (3, image_size(cfg), image_size(cfg)),
     smoke={

@@ -274,11 +274,7 @@ def train_epoch(model, optimizer, data, cfg, generator, device) -> dict[str, flo
 
 
 def evaluate(model, data, cfg, device) -> dict[str, float]:
-    metrics = evaluate_images(model, data, cfg, device)
-    metrics["test_err_pct"] = 100.0 * (1.0 - metrics["test_acc"])
-    if "test_acc_top5" in metrics:
-        metrics["test_err_top5_pct"] = 100.0 * (1.0 - metrics["test_acc_top5"])
-    return metrics
+    return evaluate_images(model, data, cfg, device)  # test_err_pct and test_err_top5_pct included
 
 
 def trunk_sides(cfg: dict[str, Any], side: int) -> list[int]:
@@ -368,7 +364,7 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
-    metrics=image_metrics(10, extra=("test_err_pct",)),
+    metrics=image_metrics(10),
     # config-dependent: scaled test sets (scale_eval), top-5 with more than 10 classes
     metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_err_top5_pct"),
     model_keys=(

@@ -180,3 +180,21 @@ def test_summary_cis_of_accuracies_are_clipped() -> None:
     trials["final_test_loss"] = [0.1, 2.0]  # not a fraction: left as the t-interval says
     s = T.aggregate_repeats(trials, ["arch"])
     assert s.loc[0, "final_test_loss_ci_lo"] < 0
+
+
+def test_percent_error_rows_get_3_points_and_stay_in_0_100() -> None:
+    """Errors in percent (``*_pct``, as the papers print them): the default tolerance is 3 points
+    (3.0, not 0.03) and CIs are clipped to [0, 100]."""
+    errors = {"close": [6.5, 6.9, 6.7, 6.6, 6.8, 6.7], "low": [0.1, 2.0]}
+    trials = pd.DataFrame([
+        {"trial_id": f"{g}{i}", "status": "TERMINATED", "arch": g, "seed": i, "final_test_err_pct": v}
+        for g, values in errors.items() for i, v in enumerate(values)
+    ])  # fmt: skip
+    results = [{"label": "close", "where": {"arch": "close"}, "metric": "test_err_pct", "value": 6.61, "std": None},
+               {"label": "low", "where": {"arch": "low"}, "metric": "test_err_pct", "value": 1.0, "std": None}]  # fmt: skip
+    p = T.paper_vs_reproduced(trials, results, data_source="cifar10")
+    assert list(p["tolerance"]) == [3.0, 3.0]
+    assert p.iloc[0]["verdict"] == "reproduced within tolerance"
+    assert p.iloc[1]["ci_lo"] == 0.0  # the raw t-interval of [0.1, 2.0] reaches far below 0
+    s = T.aggregate_repeats(trials, ["arch"]).set_index("arch")
+    assert s.loc["low", "final_test_err_pct_ci_lo"] == 0.0

@@ -230,9 +230,10 @@ def test_evaluation_reports_top5_heads_and_one_metric_per_scale() -> None:
     torch.manual_seed(0)
     m = Net().eval()
     out = im.evaluate_images(m, t, {**c, "__epoch__": 1, "epochs": 1}, CPU)
-    assert set(out) == {"test_loss", "test_acc", "test_acc_head1", "test_acc_scale_0.5", "test_acc_scale_1",
-                        "test_acc_scale_2"}  # fmt: skip
+    assert set(out) == {"test_loss", "test_acc", "test_err_pct", "test_acc_head1", "test_acc_scale_0.5",
+                        "test_acc_scale_1", "test_acc_scale_2"}  # fmt: skip
     assert out["test_acc_scale_1"] == out["test_acc"] and 0 <= out["test_acc"] <= 1
+    assert out["test_err_pct"] == pytest.approx(100 * (1 - out["test_acc"]))  # the papers' unit
     # at the end only
     mid = im.evaluate_images(m, t, {**c, "scale_eval_at": "end", "__epoch__": 1, "epochs": 3}, CPU)
     assert "test_acc_scale_0.5" not in mid
