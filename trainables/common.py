@@ -393,6 +393,10 @@ def _checkpoint_candidates(checkpoint: Any) -> list[str]:
 
     path = checkpoint.path.rstrip("/")
     parent = path.rsplit("/", 1)[0]
+    if not parent.rsplit("/", 1)[-1].startswith("trial_"):
+        # not in a trial directory (a data-parallel worker's copy under /tmp): its siblings are
+        # other processes' files, never candidates (the trial's driver chose among the trial's own)
+        return [path]
     try:
         infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
     except OSError:

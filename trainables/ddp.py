@@ -37,6 +37,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from trainables import runtime
 
 POLL_S = 0.5  # how often the driver looks for a report while the workers train
@@ -98,6 +100,30 @@ def worker_loop(loop_config: dict) -> None:
         runtime._WORKER = None
 
 
+def readable_checkpoint_files(checkpoint: Any) -> tuple[dict[str, bytes] | None, dict[str, str]]:
+    """(files, note) of the newest readable of a trial's checkpoints, Tune's own first (what
+    `trainables.common.load_checkpoint` does in a one-worker trial): files None when none is
+    readable (the trial starts from scratch); note the restore note for the driver's output."""
+    from ray import tune
+
+    from trainables.common import RESTORE_NOTE, _checkpoint_candidates, read_checkpoint
+
+    failed: list[str] = []
+    for path in _checkpoint_candidates(checkpoint):
+        name = path.rsplit("/", 1)[-1]
+        try:
+            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
+                state = read_checkpoint(d, torch.device("cpu"))
+                files = runtime.checkpoint_bytes(d)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the next one
+            failed.append(f"{name} ({type(e).__name__}: {' '.join(str(e).split())[:120] or 'unreadable'})")
+            continue
+        if not failed:
+            return files, {}
+        return files, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
+    return None, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}
+
+
 def run_ddp_trial(
     config: dict,
     data: Any = None,
@@ -115,11 +141,10 @@ def run_ddp_trial(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
 
-    files = None
+    files, note = None, {}
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            files = runtime.checkpoint_bytes(d)
+    if checkpoint is not None:  # the newest readable of the trial's checkpoints, as a 1-worker trial
+        files, note = readable_checkpoint_files(checkpoint)
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     scratch = tempfile.mkdtemp(prefix="ddp-train-")  # Train's run state (no checkpoints): removed after
     trainer = TorchTrainer(
@@ -162,6 +187,7 @@ def run_ddp_trial(
                 if queue.empty():
                     break
                 continue
+            metrics, note = {**metrics, **note}, {}  # a checkpoint fallback is said once, with the first report
             if ckpt_files is None:
                 tune.report(metrics)
                 continue

@@ -426,6 +426,7 @@ def test_checkpoints_are_read_with_weights_only_and_fall_back(tmp_path: Path) ->
 
     from trainables.common import RESTORE_NOTE, load_checkpoint
 
+    tmp_path = tmp_path / "trial_x"  # a trial's checkpoints (siblings elsewhere are never candidates)
     model, opt, sched, gen = _trial_objects()
     for epoch in (1, 2, 3):
         with torch.no_grad():
@@ -453,6 +454,35 @@ def test_checkpoints_are_read_with_weights_only_and_fall_back(tmp_path: Path) ->
                                            torch.device("cpu"), model, opt, sched, gen)  # fmt: skip
     assert (start, metrics) == (0, {}) and torch.equal(model.weight, before) and not marker.exists()
     assert "no other is readable; restarted from epoch 1" in note[RESTORE_NOTE]
+
+
+def test_data_parallel_trials_fall_back_on_the_trials_own_checkpoints(tmp_path: Path) -> None:
+    """A DDP trial's driver picks the newest readable checkpoint of the trial (and says so once);
+    its workers restore from a copy under /tmp whose neighbours (other trials' downloads) are never
+    read."""
+    from ray import tune
+
+    from trainables.common import RESTORE_NOTE, _checkpoint_candidates, read_checkpoint
+    from trainables.ddp import readable_checkpoint_files
+    from trainables.runtime import write_checkpoint
+
+    trial = tmp_path / "trial_y"
+    model, opt, sched, gen = _trial_objects()
+    for epoch in (1, 2):
+        _save(trial / f"checkpoint_{epoch - 1:06d}", epoch, model, opt, sched, gen)
+    newest = trial / "checkpoint_000001" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:50])
+    files, note = readable_checkpoint_files(tune.Checkpoint.from_directory(str(trial / "checkpoint_000001")))
+    copy = write_checkpoint(files)
+    assert read_checkpoint(copy, torch.device("cpu"))["epoch"] == 1
+    assert note[RESTORE_NOTE].startswith("checkpoint checkpoint_000001 (") and note[RESTORE_NOTE].endswith("(epoch 1)")
+    # the workers' copy: no siblings (its parent is a shared temp directory, not a trial's)
+    assert _checkpoint_candidates(tune.Checkpoint.from_directory(copy)) == [copy]
+    shutil.rmtree(copy)
+    # nothing readable: no files, start from scratch, said once
+    (trial / "checkpoint_000000" / "state.pt").write_bytes(b"junk")
+    files, note = readable_checkpoint_files(tune.Checkpoint.from_directory(str(trial / "checkpoint_000001")))
+    assert files is None and "no other is readable; restarted from epoch 1" in note[RESTORE_NOTE]
 
 
 def test_a_new_trial_never_reuses_an_existing_trial_directory(tmp_path: Path) -> None:
