@@ -241,19 +241,16 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
     last_finite: list[dict] = [{} for _ in range(n)]
     start = 0
 
+    note: dict[str, str] = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "pack.pt"), map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        for g, s in zip(gens, state["generators"]):
-            g.set_state(s)
-        active = state["active"].to(device)
-        start, last_finite = int(state["epoch"]), state["last_finite"]
-        if start >= int(cfg0["epochs"]) or not bool(active.any()):  # finished, not yet recorded: say so again
-            tune.report(state["report"])
-            return
+        state, note = _load_pack_checkpoint(checkpoint, device, model, opt, gens)
+        if state is not None:
+            active = state["active"].to(device)
+            start, last_finite = int(state["epoch"]), state["last_finite"]
+            if start >= int(cfg0["epochs"]) or not bool(active.any()):  # finished, not yet recorded: say so again
+                tune.report({**state["report"], **note})
+                return
 
     vstats = _vmapped(sup.train_stats, cfg0)
     vloss = _vmapped(lambda out, batch, cfg: sup.loss(out, batch, cfg), cfg0)
@@ -315,7 +312,8 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
                     diverge(i, "non-finite metric")
                     continue
                 members[str(i)] = last_finite[i] = metrics
-        report: dict[str, Any] = {"epoch": epoch, "members": members}
+        report: dict[str, Any] = {"epoch": epoch, "members": members, **note}
+        note = {}  # a checkpoint fallback is said once
         values = [m[metric] for m in members.values() if not m.get("diverged") and metric in m]
         if values:  # the pack's best member: what Tune's progress and best-trial logic see
             report[metric] = max(values) if mode == "max" else min(values)
@@ -333,6 +331,43 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
         if not bool(active.any()):
             return
+
+
+def _load_pack_checkpoint(
+    checkpoint: Any, device: torch.device, model: nn.Module, opt: Any, gens: list[torch.Generator]
+) -> tuple[dict | None, dict[str, str]]:
+    """Restore a pack from the newest readable of its trial's checkpoints (Tune's own first), as
+    `trainables.common.load_checkpoint` does for one trial: (state, note), state None when none is
+    readable (the pack starts again from epoch 1, its initial weights untouched)."""
+    from ray import tune
+
+    from trainables.common import RESTORE_NOTE, _checkpoint_candidates
+
+    initial = copy.deepcopy((model.state_dict(), opt.state_dict(), [g.get_state() for g in gens]))
+    failed: list[str] = []
+    for path in _checkpoint_candidates(checkpoint):
+        name = path.rsplit("/", 1)[-1]
+        try:
+            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
+                state = torch.load(os.path.join(d, "pack.pt"), map_location=device, weights_only=True)
+            missing = {"model", "optimizer", "generators", "active", "epoch", "last_finite", "report"} - set(state)
+            if missing:
+                raise ValueError(f"not a pack checkpoint (missing {', '.join(sorted(missing))})")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            for g, gs in zip(gens, state["generators"], strict=True):
+                g.set_state(gs)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the next one
+            failed.append(f"{name} ({type(e).__name__}: {' '.join(str(e).split())[:120] or 'unreadable'})")
+            model.load_state_dict(initial[0])
+            opt.load_state_dict(initial[1])
+            for g, gs in zip(gens, initial[2]):
+                g.set_state(gs)
+            continue
+        if not failed:
+            return state, {}
+        return state, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
+    return None, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}
 
 
 def _detach(out: Any) -> Any:

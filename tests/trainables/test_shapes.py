@@ -151,6 +151,33 @@ def test_pack_resumes_from_its_checkpoint_without_loss_or_repeat(monkeypatch, da
             assert a["members"][i]["test_acc"] == b["members"][i]["test_acc"]
 
 
+def test_pack_falls_back_on_an_older_checkpoint_when_the_newest_is_damaged(monkeypatch, data, tmp_path) -> None:
+    shared = {**SHARED, "arch": "ConvNet", "epochs": 3}
+    members = [{"seed": 2, "lr": 0.02}, {"seed": 3, "lr": 0.05}]
+    full = FakeTune(monkeypatch)
+    run_pack_trial(pack_config(shared, members), data, family=FAMILY)
+    trial = tmp_path / "trial_p"  # the pack's checkpoints as Tune keeps them, in its trial directory
+    for i, ckpt in enumerate(full.checkpoints[:2]):
+        shutil.copytree(ckpt, trial / f"checkpoint_{i:06d}")
+    newest = trial / "checkpoint_000001" / "pack.pt"
+    newest.write_bytes(newest.read_bytes()[:200])  # cut by a crash
+    resumed = FakeTune(monkeypatch, resume_from=trial / "checkpoint_000001")
+    run_pack_trial(pack_config(shared, members), data, family=FAMILY)
+    assert [r["epoch"] for r in resumed.reports] == [2, 3]  # from epoch 1's checkpoint: nothing lost
+    assert resumed.reports[0]["restore_note"].startswith("checkpoint checkpoint_000001 (")
+    assert resumed.reports[0]["restore_note"].endswith("resumed from checkpoint_000000 (epoch 1)")
+    assert "restore_note" not in resumed.reports[1]  # said once
+    for a, b in zip(full.reports[1:], resumed.reports):
+        assert a["members"]["0"]["train_loss"] == b["members"]["0"]["train_loss"]
+    # nothing readable: the pack starts again from epoch 1, as a fresh run would
+    (trial / "checkpoint_000000" / "pack.pt").write_bytes(b"junk")
+    again = FakeTune(monkeypatch, resume_from=trial / "checkpoint_000001")
+    run_pack_trial(pack_config(shared, members), data, family=FAMILY)
+    assert [r["epoch"] for r in again.reports] == [1, 2, 3]
+    assert "restarted from epoch 1" in again.reports[0]["restore_note"]
+    assert again.reports[2]["members"]["1"]["train_loss"] == full.reports[2]["members"]["1"]["train_loss"]
+
+
 def test_pack_rules_are_one_line_errors(tmp_path: Path) -> None:
     from study.spec import load_spec
     from tests.conftest import write_spec
