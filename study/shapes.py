@@ -65,11 +65,13 @@ def pack_param_space(spec: Spec, threads: int) -> dict[str, Any]:
     their non-member keys, in packs of at most ``spec.pack``."""
     from ray import tune
 
+    from study.spec import grid_points
+
     base = {**spec.base_config(), "threads": threads}
-    grid = {k: d.grid for k, d in spec.space.items() if isinstance(d, Grid)}
     groups: dict[str, tuple[dict, list[dict]]] = {}
-    for combo in itertools.product(*grid.values(), spec.seed_list):
-        config = {**base, **dict(zip(grid, combo[:-1])), "seed": combo[-1]}
+    # the spec's grid points (every combination, or a covering set with search.grid: cover), x seeds
+    for point, seed in itertools.product(grid_points(spec), spec.seed_list):
+        config = {**base, **point, "seed": seed}
         shared = {k: v for k, v in config.items() if k not in MEMBER_KEYS}
         member = {k: v for k, v in config.items() if k in MEMBER_KEYS}
         key = repr(sorted(shared.items()))

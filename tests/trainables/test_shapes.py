@@ -256,3 +256,21 @@ def test_image_batches_are_sharded_for_ddp(monkeypatch) -> None:
     assert [len(b) for b in whole] == [16, 16, 16, 12] and [len(b) for b in parts[0]] == [8, 8, 8, 6]
     for b, p0, p1 in zip(whole, *parts):
         assert torch.equal(torch.cat([p0, p1]), b)
+
+
+@pytest.mark.parametrize("cover", [False, True])
+def test_packs_hold_exactly_the_studys_trials(tmp_path: Path, cover: bool) -> None:
+    """The packs of a grid study are its trials, once each: every combination, or the covering set
+    of `search.grid: cover` (a smoke run of a packed space), never the full product instead."""
+    from study.shapes import pack_param_space
+    from study.spec import grid_points, load_spec
+    from tests.conftest import write_spec
+
+    space = {"arch": {"grid": ["ConvNet", "Siamese"]}, "lr": {"grid": [0.01, 0.05, 0.1]}, "batch_size": {"grid": [25, 50]}}
+    search = {"algorithm": "grid", "grid": "cover" if cover else "product"}
+    spec = load_spec(write_spec(tmp_path / "p.yaml", space=space, search=search, repeats=2, pack=4, fixed={"epochs": 1}))
+    packs = pack_param_space(spec, 1)["__pack__"]["grid_search"]
+    trials = [(p["shared"]["arch"], p["shared"]["batch_size"], m["lr"], m["seed"]) for p in packs for m in p["members"]]
+    want = [(g["arch"], g["batch_size"], g["lr"], s) for g in grid_points(spec) for s in spec.seed_list]
+    assert sorted(trials) == sorted(want) and len(trials) == spec.n_trials() == (6 if cover else 24)
+    assert all(len(p["members"]) <= 4 for p in packs)
