@@ -83,7 +83,7 @@ def _load_torchvision(root: Path) -> ImageSet:
     except Exception as e:  # network errors come in many types (URLError, HTTPError, RuntimeError)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
-            f"data.source=mnist: could not download MNIST into {root} ({msg}); "
+            f"data.source=mnist: could not download mnist into {root} ({msg}); "
             "offline, use the bundled sample: --set data.source=mnist-5k"
         ) from None
     return ImageSet(train.data, train.targets.long(), test.data, test.targets.long(), source="mnist")

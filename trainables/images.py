@@ -142,8 +142,11 @@ def _hwc(x: np.ndarray) -> torch.Tensor:
 def load_torchvision(source: str, root: Path) -> TensorImages:
     """CIFAR-10/100 or SVHN through torchvision, downloaded once into `root` under a file lock.
 
-    Files already in `root` that fail torchvision's checksum (a partial copy, or a hand-made
-    test file) are read as they are when no download is possible, with a warning line.
+    Files already in `root` are read, never downloaded over: the official ones silently, others
+    that fail torchvision's checksum (a hand-made or converted copy) as they are, with a warning
+    line. Only absent files are downloaded; a failed download, a lock held for an hour or a
+    directory where the lock cannot be written is one line naming the source, the directory and
+    the offline alternative.
     """
     from filelock import FileLock
     from torchvision import datasets
@@ -160,20 +163,42 @@ def load_torchvision(source: str, root: Path) -> TensorImages:
             return kind(str(root), split="train" if train else "test", download=download)
         return kind(str(root), train=train, download=download)
 
-    with FileLock(str(root / f"{source}.download.lock"), timeout=3600):
+    def read_existing() -> tuple[list[Any] | None, bool]:
+        """The splits already in `root` (no network): (splits, verified), (None, False) if absent."""
+        for verify in (True, False):  # the official files, else files there that differ from them
+            try:
+                return [open_split(t, download=False, verify=verify) for t in (True, False)], verify
+            except Exception:  # noqa: BLE001 - missing, or not the official files
+                continue
+        return None, False
+
+    def fail(why: str) -> UserError:
+        return UserError(f"data.source={source}: could not download {source} into {root} ({why}); "
+                         "offline, use the bundled sample: --set data.source=mnist-5k")  # fmt: skip
+
+    splits, verified = read_existing()  # files there: read, never downloaded over
+    if splits is None:
+        from filelock import Timeout
+
         try:
-            splits = [open_split(t, download=True, verify=True) for t in (True, False)]
-        except Exception as e:  # network errors come in many types (URLError, HTTPError, RuntimeError)
-            try:  # files there but not the official ones: read them as they are
-                splits = [open_split(t, download=False, verify=False) for t in (True, False)]
-            except Exception:  # noqa: BLE001
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise UserError(
-                    f"data.source={source}: could not download {source} into {root} ({msg}); "
-                    "offline, use the bundled sample: --set data.source=mnist-5k"
-                ) from None
-            print(f"[data] {source}: files in {root} differ from the official release's checksums; "
-                  "reading them as they are", file=sys.stderr, flush=True)  # fmt: skip
+            lock = FileLock(str(root / f"{source}.download.lock"), timeout=3600)
+            lock.acquire()
+        except Timeout:
+            raise fail(f"another process has held {root / (source + '.download.lock')} for an hour") from None
+        except OSError as e:  # a read-only or full cache directory
+            raise fail(f"cannot write there: {e.strerror or e}") from None
+        try:
+            splits, verified = read_existing()  # another process may have downloaded it meanwhile
+            if splits is None:
+                try:
+                    splits, verified = [open_split(t, download=True, verify=True) for t in (True, False)], True
+                except Exception as e:  # network errors come in many types (URLError, HTTPError, RuntimeError)
+                    raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        finally:
+            lock.release()
+    if not verified:
+        print(f"[data] {source}: files in {root} differ from the official release's checksums; "
+              "reading them as they are", file=sys.stderr, flush=True)  # fmt: skip
     train, test = splits
     if source == "svhn":  # (N, 3, 32, 32) uint8 already; labels 0-9
         tx, ty = _hwc(train.data), torch.as_tensor(train.labels, dtype=torch.int64)

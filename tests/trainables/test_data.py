@@ -41,4 +41,4 @@ def test_failed_download_suggests_offline_source(tmp_path, monkeypatch) -> None:
     with pytest.raises(UserError) as info:
         data_mod.load_mnist("mnist", str(tmp_path))
     msg = str(info.value)
-    assert "\n" not in msg and "could not download MNIST" in msg and "--set data.source=mnist-5k" in msg
+    assert "\n" not in msg and f"could not download mnist into {tmp_path}" in msg and "--set data.source=mnist-5k" in msg

@@ -103,6 +103,38 @@ def test_missing_download_is_one_line_naming_source_dir_and_offline_source(tmp_p
         assert "--set data.source=mnist-5k" in msg
 
 
+def test_files_there_are_read_without_a_download_and_lock_trouble_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import filelock
+    import torchvision.datasets as D
+    from scipy.io import savemat
+
+    def no_network(self, *a, **k):
+        raise AssertionError("downloaded although the files are there")
+
+    monkeypatch.setattr(D.SVHN, "download", no_network)
+    x = np.zeros((32, 32, 3, 2), dtype=np.uint8)
+    for split in ("train", "test"):
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": np.array([[1], [2]], dtype=np.uint8)})
+
+    def no_lock(*a, **k):
+        raise AssertionError("locked although nothing is downloaded")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", no_lock)
+    assert im.load_images("svhn", str(tmp_path)).train_y.tolist() == [1, 2]  # read as they are, with a warning
+    # absent files and a directory where the lock cannot be written / a lock held too long: one line
+    for error, needle in ((PermissionError(13, "Permission denied"), "cannot write there: Permission denied"),
+                          (filelock.Timeout("x.lock"), "held")):  # fmt: skip
+        def raise_(*a, error=error, **k):
+            raise error
+
+        monkeypatch.setattr(filelock.FileLock, "acquire", raise_)
+        with pytest.raises(UserError) as info:
+            im.load_images("cifar10", str(tmp_path / "c"))
+        msg = str(info.value)
+        assert "\n" not in msg and f"could not download cifar10 into {tmp_path / 'c'}" in msg and needle in msg
+        assert "--set data.source=mnist-5k" in msg
+
+
 def write_folder(root: Path, classes=("n01", "n02", "n03"), per_class: int = 3) -> None:
     from PIL import Image
 
