@@ -164,19 +164,23 @@ class StudyLock:
                 continue  # released meanwhile
             why = self._stale(holder, age or 0.0)
             if why is None:
-                host, pid = holder.get("host", "?"), holder.get("pid", "?")
-                if host == self.me["host"]:
-                    tail = f"wait for it to end or stop it (kill {pid})"
-                else:
-                    tail = (f"wait for it to end or stop it on {host}; a run that died there is taken over after "
-                            f"{STALE_S:.0f}s without heartbeat")  # fmt: skip
-                raise UserError(
-                    f"{self.store.study_path(self.name)}: study {self.name} is being run by another `study run` "
-                    f"(host {host}, pid {pid}, started {holder.get('started', '?')}); {tail}"
-                )
+                raise self.refusal(holder)
             self._remove_stale(holder)
             self.note = f"taking over the lock of a run that died ({why})"
         raise UserError(f"{self.path}: could not take the study lock (other runs keep taking it); try again")
+
+    def refusal(self, holder: dict) -> UserError:
+        """The one-line refusal naming the live run that holds the lock."""
+        host, pid = holder.get("host", "?"), holder.get("pid", "?")
+        if host == self.me["host"]:
+            tail = f"wait for it to end or stop it (kill {pid})"
+        else:
+            tail = (f"wait for it to end or stop it on {host}; a run that died there is taken over after "
+                    f"{STALE_S:.0f}s without heartbeat")  # fmt: skip
+        return UserError(
+            f"{self.store.study_path(self.name)}: study {self.name} is being run by another `study run` "
+            f"(host {host}, pid {pid}, started {holder.get('started', '?')}); {tail}"
+        )
 
     def _start_heartbeat(self) -> None:
         def beat() -> None:
@@ -251,5 +255,5 @@ def refuse_if_running(spec_path: str, name: str | None, storage: str, overrides:
         holder = holder_of(store, name)
     except Exception:  # noqa: BLE001
         return
-    if holder:
-        StudyLock(store, name).acquire()  # raises the one-line refusal (the holder is alive)
+    if holder:  # only said here: the lock is taken (or a dead holder's taken over) by run_study alone
+        raise StudyLock(store, name).refusal(holder)
