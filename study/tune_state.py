@@ -8,7 +8,7 @@ trial's checkpoint manager (ray 2.60.0: ``ray/tune/experiment/trial.py``,
 ``ray/tune/experiment/experiment_analysis.py``). Reading results that way would run code from the
 study directory in `study status`, `ls`, `report` and `compare`. So this module reads only the
 JSON fields below and checks their shape: when a Ray upgrade changes them, every reader fails with
-one line naming the file and `RAY_TESTED`, not with wrong tables (tests/study/test_tune_state.py).
+one line naming the file and `RAY_TESTED`, not with wrong tables (tests/study/test_hardening.py).
 
 The state is ``experiment_state-<session>.json`` in the study directory, rewritten in place by Tune
 (not atomically) every few seconds; files of older sessions stay. Next to it Tune saves the
