@@ -376,8 +376,9 @@ def claims_html(claims: pd.DataFrame, *, scorecard: str | None = None) -> str:
     link = f' Every study in this storage: <a href="{esc(scorecard)}">scorecard</a>.' if scorecard else ""
     return html + (
         '<p class="note">Each claim compares group a with group b on the final metric (per seed, the mean over '
-        "the group's configurations): difference a − b, its 95% CI (Welch), Cohen's d, Welch's p and Holm's "
-        f"correction over the {len(claims)} test(s) of this study. <i>supported</i>: significant after "
+        "the group's configurations): difference a − b, its 95% CI (Welch, not adjusted for multiple tests: "
+        "with several claims a CI that excludes 0 can still be <i>inconclusive</i>), Cohen's d, Welch's p and "
+        f"Holm's correction over the {len(claims)} test(s) of this study. <i>supported</i>: significant after "
         "correction in the claimed direction; <i>contradicted</i>: in the other; <i>inconclusive</i> otherwise "
         f"(the note says why). A claim tested within levels is supported only if every level is.{link}</p>"
     )
