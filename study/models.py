@@ -37,7 +37,7 @@ def distinct_models(spec: Spec, limit: int = 10_000) -> list[dict[str, Any]]:
     family = get_family(spec.trainable)
     keys = model_keys(spec)
     seen: dict[str, dict[str, Any]] = {}
-    for config in example_configs(spec, limit=limit):
+    for config in example_configs(spec, limit=limit, shaping=keys):  # every combination of the shaping keys
         cfg = resolve_config(family, {**config, "seed": spec.seed_list[0]})
         if cfg.get("num_classes") == 0:  # image families: the data source's number of classes
             from trainables.images import source_classes

@@ -13,6 +13,7 @@ import copy
 import math
 import re
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -516,9 +517,12 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
     return spec
 
 
-def example_configs(spec: Spec, limit: int = 1000) -> list[dict[str, Any]]:
+def example_configs(spec: Spec, limit: int = 1000, shaping: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Configs covering the space for cheap checks: every grid point (up to `limit`), then each
-    choice value and each range end substituted into the first grid point."""
+    choice value and each range end substituted into the first grid point. Keys in `shaping` (the
+    ones that shape the model, for `--models`) searched as choice or randint are combined with
+    each other and with every grid point (a randint of at most 64 values by each of its values),
+    so that every distinct model of the space is among the configs (up to `limit`)."""
     import itertools
 
     base = spec.base_config()
@@ -537,6 +541,15 @@ def example_configs(spec: Spec, limit: int = 1000) -> list[dict[str, Any]]:
     configs = [{**base, **defaults, **p} for p in points] or [{**base, **defaults}]
     for key, values in sampled.items():
         configs += [{**base, **defaults, **first, key: v} for v in values[1:]]
+    combos: list[dict[str, Any]] = [{}]
+    for key, dom in spec.space.items():
+        if key not in shaping or not isinstance(dom, Choice | RandInt):
+            continue
+        lo, hi = dom.randint if isinstance(dom, RandInt) else (0, 0)
+        values = list(dom.choice) if isinstance(dom, Choice) else list(range(lo, hi)) if hi - lo <= 64 else sampled[key]
+        combos = [{**c, key: v} for c in combos for v in values][:limit]
+    if combos != [{}]:
+        configs += [{**base, **defaults, **p, **c} for p in points or [{}] for c in combos][:limit]
     return configs
 
 

@@ -55,3 +55,20 @@ def test_platform_cost_metrics_are_known_to_every_family() -> None:
     for family in REGISTRY.values():
         assert family.knows_metric("step_time_s") and family.knows_metric("peak_mem_mb"), family.name
         assert not family.knows_metric("no_such_metric")
+
+
+def test_searched_choices_of_shaping_keys_are_combined(tmp_path, capsys) -> None:
+    """`--models` lists every model of the space: choices of two shaping keys combine (not one key
+    at a time): 2 backbones x 2 stage counts are 4 models."""
+    from tests.conftest import write_spec
+
+    space = {"backbone": {"choice": ["cifar_resnet", "cifar_densenet_bc"]}, "stages": {"choice": [1, 2]},
+             "lr": {"grid": [0.01, 0.1]}}  # fmt: skip
+    spec = write_spec(tmp_path / "s.yaml", trainable="wsms", space=space, data={"source": "mnist-5k"},
+                      fixed={"epochs": 1, "batch_size": 16, "width": 2})  # fmt: skip
+    assert main(["validate", str(spec), "--models"]) == 0
+    out = capsys.readouterr().out
+    assert "4 distinct model(s)" in out, out
+    assert "backbone=cifar_densenet_bc" in out and "stages=2" in out
+    listed = [ln for ln in out.splitlines() if "cifar_densenet_bc" in ln and "stages=2" in ln]
+    assert len(listed) == 1, out
