@@ -115,7 +115,7 @@ def phases(study_dir: Path) -> dict:
 
     spec = load_spec(study_dir / "spec.yaml")
     t = [time.perf_counter()]
-    trials, epochs = collect(study_dir, spec)
+    trials, epochs = collect(study_dir, spec, parallel=True)
     t.append(time.perf_counter())
     write_results(study_dir, spec, trials, epochs)
     t.append(time.perf_counter())
@@ -137,6 +137,7 @@ def main() -> int:
         t0 = time.perf_counter()
         sizes = write_tune_study(storage / NAME, repeats=a.repeats)
         written_s = time.perf_counter() - t0
+        os.sync()  # a study's files are on disk before anyone reports on it: no writeback during the timing
         load = os.getloadavg()
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "study.cli", "report", NAME, "--storage", str(storage)]

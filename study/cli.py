@@ -196,7 +196,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     d = study_dir(a.storage, a.name)
     spec = load_spec(d / "spec.yaml")
-    trials, epochs = collect(d, spec)
+    trials, epochs = collect(d, spec, parallel=True)
     try:
         write_results(d, spec, trials, epochs)
         counts = trials["status"].value_counts().to_dict() if len(trials) else {}
@@ -259,7 +259,7 @@ def cmd_scorecard(a: argparse.Namespace) -> int:
         if not (d / "results" / "trials.parquet").is_file():  # a mirror of shared storage: tables from the state
             try:
                 spec = load_spec(d / "spec.yaml")
-                write_results(d, spec, *collect(d, spec))
+                write_results(d, spec, *collect(d, spec, parallel=True))
             except UserError:
                 pass  # no readable spec or results: the scorecard lists it as left out
         dirs.append(d)

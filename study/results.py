@@ -25,40 +25,11 @@ from study import tune_state
 from study.errors import UserError, one_line
 from study.spec import Spec
 
-# columns Ray adds to every result row that are not metrics
-RAY_KEYS = {
-    "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id", "date",
-    "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
-    "experiment_tag", "error", "time_total_s",
-}  # fmt: skip
-NOT_METRICS = {"epoch", "params", "diverged", "lr"}
-_NOT_METRIC_KEYS = RAY_KEYS | NOT_METRICS  # once, not per row and key (a quarter of collect's time)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file (Tune's result.json); a line cut by a crash is skipped."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return []
-    try:  # one parse of the whole file: a tenth of the per-line calls' cost on 100-epoch files
-        rows = json.loads("[" + ",".join(lines) + "]")
-        if all(isinstance(r, dict) for r in rows):
-            return rows
-    except json.JSONDecodeError:
-        pass
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+from study.trial_rows import NOT_METRIC_KEYS as _NOT_METRIC_KEYS  # noqa: F401 (re-exported)
+from study.trial_rows import RAY_KEYS, TrialRows, summarise, summarise_files  # noqa: F401
+from study.trial_rows import is_number as _is_number
+from study.trial_rows import num as _num
+from study.trial_rows import read_jsonl as _read_jsonl  # noqa: F401 (study.shapes reads pack rows with it)
 
 
 def error_line(path: str | Path | None, limit: int = 500) -> str | None:
@@ -97,62 +68,58 @@ def _trials_from_state(study_dir: Path) -> list[dict]:
     return expand_packs(study_dir, out)
 
 
-def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(study_dir: Path, spec: Spec, *, parallel: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) tables of a study directory; see the module docstring.
 
-    Built column by column (the epochs' metrics as one float array each, final and best values by
-    numpy per trial), not row by row: 10,000 trials of 100 epochs in seconds (issue 13)."""
+    Each trial's rows are summarised (`study.trial_rows`: its epochs, each metric as a float array)
+    and the tables built column by column, not row by row: 10,000 trials of 100 epochs in seconds
+    (issue 13). `parallel`: a large study's result files are parsed by spawned worker processes (the
+    CLI sets it; a spawned worker imports the caller's main module, so a script calling this with
+    `parallel` needs the usual ``if __name__ == "__main__":`` guard)."""
     study_dir = Path(study_dir)
     from trainables import get_family
 
     hp_cols = hyperparameter_columns(spec)
     epochs_default = get_family(spec.trainable).all_defaults["epochs"]
     scheduler = spec.scheduler.type != "none"
+    trials_state = _trials_from_state(study_dir)
+    files = [str(study_dir / t["logdir"] / "result.json") for t in trials_state if "rows" not in t]
+    from_files = iter(summarise_files(files, workers=None if parallel else 1))
     trial_rows: list[dict[str, Any]] = []
-    # the epochs table, by column: per trial (offset, n) and its metrics' values
-    tids: list[str] = []
+    tids: list[str] = []  # the epochs table, by column: per trial its epochs, times, flags, metrics
     counts: list[int] = []
     epoch_nums: list[int] = []
-    times: list[float] = []
-    diverged: list[int] = []
-    metric_chunks: dict[str, list[tuple[int, list[float]]]] = {}
+    times: list[np.ndarray] = []
+    diverged: list[np.ndarray] = []
+    metric_chunks: dict[str, list[tuple[int, np.ndarray]]] = {}
     epoch_cols: dict[str, None] = {}  # column order as a table built from row dicts would have it
     offset = 0
-    for t in _trials_from_state(study_dir):
+    for t in trials_state:
         trial_dir = study_dir / t["logdir"]
-        rows = t["rows"] if "rows" in t else _read_jsonl(trial_dir / "result.json")  # issue 13: packs
-        # a resumed trial may report an epoch again: keep the last report of each epoch
-        by_epoch: dict[int, dict] = {}
-        for r in rows:
-            e = r.get("epoch")
-            if e is not None:
-                by_epoch[int(e)] = r
-        epochs = [by_epoch[e] for e in sorted(by_epoch)]
-        keys = set().union(*epochs) - _NOT_METRIC_KEYS if epochs else set()
-        metric_names = sorted(k for k in keys if any(_is_number(r.get(k)) for r in epochs))
+        summary: TrialRows = summarise(t["rows"]) if "rows" in t else next(from_files)  # issue 13: packs
+        metric_names = list(summary.metrics)
         finals: dict[str, float] = {}
         bests: dict[str, float] = {}
-        if epochs:
-            n = len(epochs)
+        if summary.epochs:
+            n = len(summary.epochs)
             if not epoch_cols:
                 epoch_cols.update(dict.fromkeys(["trial_id", "epoch", *metric_names, "time_total_s", "diverged"]))
             else:
                 epoch_cols.update(dict.fromkeys(metric_names))
             tids.append(t["trial_id"])
             counts.append(n)
-            epoch_nums.extend(sorted(by_epoch))
-            times.extend([_num(r.get("time_total_s")) for r in epochs])
-            diverged.extend([int(r.get("diverged", 0) or 0) for r in epochs])
-            for m in metric_names:
-                vals = [_num(r.get(m)) for r in epochs]
+            epoch_nums.extend(summary.epochs)
+            times.append(summary.times)
+            diverged.append(summary.diverged)
+            for m, vals in summary.metrics.items():
                 metric_chunks.setdefault(m, []).append((offset, vals))
-                arr = np.asarray(vals, dtype=float)
-                arr = arr[np.isfinite(arr)]
+                arr = vals[np.isfinite(vals)]
                 mode = spec.mode if m == spec.metric else default_mode(m)
                 finals[m] = float(arr[-1]) if arr.size else math.nan
                 bests[m] = (float(arr.min() if mode == "min" else arr.max())) if arr.size else math.nan
             offset += n
-        last = epochs[-1] if epochs else {}
+        last = summary.last
+        epochs = [{"epoch": e} for e in summary.epochs]  # what missing_data reads of them
         config = t["config"]
         status = final_status(t["status"], last, config.get("epochs", epochs_default), scheduler=scheduler)
         missing = missing_data(trial_dir, t["status"], epochs, config.get("epochs", epochs_default), status)
@@ -184,8 +151,8 @@ def collect(study_dir: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     columns: dict[str, Any] = {
         "trial_id": np.repeat(np.array(tids, dtype=object), counts),
         "epoch": np.asarray(epoch_nums, dtype=np.int64),
-        "time_total_s": np.asarray(times, dtype=float),
-        "diverged": np.asarray(diverged, dtype=np.int64),
+        "time_total_s": np.concatenate(times),
+        "diverged": np.concatenate(diverged),
     }
     for m, chunks in metric_chunks.items():
         col = np.full(offset, np.nan)
@@ -238,18 +205,6 @@ def _mixed_to_str(df: pd.DataFrame) -> pd.DataFrame:
 
 def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
-
-
-def _is_number(v: Any) -> bool:
-    t = type(v)
-    return t is float or t is int or (t is not bool and isinstance(v, (int, float)))
-
-
-def _num(v: Any) -> float:
-    t = type(v)
-    if t is float:
-        return v
-    return float(v) if _is_number(v) else math.nan
 
 
 def format_counts(counts: dict[str, int]) -> str:

@@ -451,7 +451,7 @@ def _run_locked(
     if _STOP["reason"] == "disk_full":  # the tables would not fit either: stop here, the state is saved
         raise DiskFull(_disk_full_line(store, resume_cmd, _STOP["detail"] or ""))
     study_dir = store.pull(name)
-    trials, epochs = results_mod.collect(study_dir, spec)
+    trials, epochs = results_mod.collect(study_dir, spec, parallel=True)
     results_mod.write_results(study_dir, spec, trials, epochs)
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     report_path = None

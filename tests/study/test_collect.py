@@ -156,3 +156,26 @@ def test_collect_of_a_study_without_results(tmp_path: Path) -> None:
     trials, epochs = collect(study, spec)
     assert list(trials["trial_id"]) == ["x"] and trials.loc[0, "epochs_done"] == 0
     assert epochs.empty and {"trial_id", "epoch"} <= set(epochs.columns)
+
+
+def test_collect_in_worker_processes_is_the_same(tmp_path: Path, monkeypatch) -> None:
+    """A large study's result files are parsed by worker processes (spawned): same tables."""
+    import study.trial_rows as tr
+
+    study, spec = _write_study(tmp_path)
+    serial = collect(study, spec)
+    monkeypatch.setattr(tr, "PARALLEL_MIN_TRIALS", 1)  # every study counts as large
+    calls = []
+    from concurrent import futures
+
+    class Spy(futures.ProcessPoolExecutor):
+        def __init__(self, *a, **k):
+            calls.append(a)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(futures, "ProcessPoolExecutor", Spy)
+    assert collect(study, spec) is not None and not calls  # the default reads in this process
+    parallel = collect(study, spec, parallel=True)
+    assert calls  # the pool was used
+    pd.testing.assert_frame_equal(serial[0], parallel[0])
+    pd.testing.assert_frame_equal(serial[1], parallel[1])
