@@ -24,7 +24,6 @@ from analysis.report import write_parquet
 from study import tune_state
 from study.errors import UserError, one_line
 from study.spec import Spec
-
 from study.trial_rows import NOT_METRIC_KEYS as _NOT_METRIC_KEYS  # noqa: F401 (re-exported)
 from study.trial_rows import RAY_KEYS, TrialRows, summarise, summarise_files  # noqa: F401
 from study.trial_rows import is_number as _is_number

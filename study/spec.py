@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import math
 import re
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml

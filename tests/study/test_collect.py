@@ -83,8 +83,8 @@ def _write_study(root: Path) -> tuple[Path, Any]:
 def _oracle(study: Path, spec: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rules, one row at a time: last report of each epoch; metrics = numeric non-Ray keys; final =
     last finite value, best = max/min of the finite values; status and missing data as `collect`."""
-    from study.results import _error_message, _read_jsonl, _trials_from_state, missing_data
     from analysis.load import default_mode
+    from study.results import _error_message, _read_jsonl, _trials_from_state, missing_data
 
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
