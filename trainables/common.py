@@ -420,36 +420,51 @@ def load_checkpoint(
     """Restore the trial's state from `checkpoint` or, when that one cannot be read, from the newest
     readable of its other checkpoints, or else start again from scratch. Returns (epoch, metrics,
     note): `note` is ``{RESTORE_NOTE: one line}`` when a fallback was taken (the driver prints it)."""
-    from ray import tune
-
     initial = copy.deepcopy(
         (model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
          torch.get_rng_state())
     )  # fmt: skip
-    failed: list[str] = []
-    for path in _checkpoint_candidates(checkpoint):
-        name = path.rsplit("/", 1)[-1]
-        try:
-            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
-                state = read_checkpoint(d, device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if extra is not None:  # entries beyond the contract's (issue 13: the grad scaler)
-                extra(state)
-        except Exception as e:  # noqa: BLE001 - any unreadable file: try the next one
-            reason = " ".join(str(e).split())[:120] or "unreadable"
-            failed.append(f"{name} ({type(e).__name__}: {reason})")
-            continue
-        note = {}
-        if failed:
-            note = {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
+
+    def restore(d: str) -> dict:
+        state = read_checkpoint(d, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if extra is not None:  # entries beyond the contract's (issue 13: the grad scaler)
+            extra(state)
+        return state
+
+    state, note = restore_first_readable(checkpoint, restore)
+    if state is not None:
         return int(state["epoch"]), dict(state["metrics"]), note
     model.load_state_dict(initial[0])
     optimizer.load_state_dict(initial[1])
     scheduler.load_state_dict(initial[2])
     generator.set_state(initial[3])
     torch.set_rng_state(initial[4])
-    return 0, {}, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}
+    return 0, {}, note
+
+
+def restore_first_readable(checkpoint: Any, restore: Callable[[str], dict]) -> tuple[dict | None, dict]:
+    """`restore(local directory)` on the trial's checkpoints, Tune's own first, then the older ones
+    newest first, until one does not raise. Returns (its state, note), or (None, note) when none
+    could be read; `note` is ``{RESTORE_NOTE: one line}`` whenever a fallback was taken. One
+    mechanism for single, packed and data-parallel trials."""
+    from ray import tune
+
+    failed: list[str] = []
+    for path in _checkpoint_candidates(checkpoint):
+        name = path.rsplit("/", 1)[-1]
+        try:
+            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
+                state = restore(d)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: try the next one
+            reason = " ".join(str(e).split())[:120] or "unreadable"
+            failed.append(f"{name} ({type(e).__name__}: {reason})")
+            continue
+        if not failed:
+            return state, {}
+        return state, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
+    return None, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}

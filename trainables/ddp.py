@@ -104,24 +104,13 @@ def readable_checkpoint_files(checkpoint: Any) -> tuple[dict[str, bytes] | None,
     """(files, note) of the newest readable of a trial's checkpoints, Tune's own first (what
     `trainables.common.load_checkpoint` does in a one-worker trial): files None when none is
     readable (the trial starts from scratch); note the restore note for the driver's output."""
-    from ray import tune
+    from trainables.common import read_checkpoint, restore_first_readable
 
-    from trainables.common import RESTORE_NOTE, _checkpoint_candidates, read_checkpoint
+    def restore(d: str) -> dict:
+        return {**read_checkpoint(d, torch.device("cpu")), "files": runtime.checkpoint_bytes(d)}
 
-    failed: list[str] = []
-    for path in _checkpoint_candidates(checkpoint):
-        name = path.rsplit("/", 1)[-1]
-        try:
-            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
-                state = read_checkpoint(d, torch.device("cpu"))
-                files = runtime.checkpoint_bytes(d)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the next one
-            failed.append(f"{name} ({type(e).__name__}: {' '.join(str(e).split())[:120] or 'unreadable'})")
-            continue
-        if not failed:
-            return files, {}
-        return files, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
-    return None, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}
+    state, note = restore_first_readable(checkpoint, restore)
+    return (state["files"] if state is not None else None), note
 
 
 def run_ddp_trial(

@@ -339,35 +339,28 @@ def _load_pack_checkpoint(
     """Restore a pack from the newest readable of its trial's checkpoints (Tune's own first), as
     `trainables.common.load_checkpoint` does for one trial: (state, note), state None when none is
     readable (the pack starts again from epoch 1, its initial weights untouched)."""
-    from ray import tune
-
-    from trainables.common import RESTORE_NOTE, _checkpoint_candidates
+    from trainables.common import restore_first_readable
 
     initial = copy.deepcopy((model.state_dict(), opt.state_dict(), [g.get_state() for g in gens]))
-    failed: list[str] = []
-    for path in _checkpoint_candidates(checkpoint):
-        name = path.rsplit("/", 1)[-1]
-        try:
-            with tune.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as d:
-                state = torch.load(os.path.join(d, "pack.pt"), map_location=device, weights_only=True)
-            missing = {"model", "optimizer", "generators", "active", "epoch", "last_finite", "report"} - set(state)
-            if missing:
-                raise ValueError(f"not a pack checkpoint (missing {', '.join(sorted(missing))})")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            for g, gs in zip(gens, state["generators"], strict=True):
-                g.set_state(gs)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the next one
-            failed.append(f"{name} ({type(e).__name__}: {' '.join(str(e).split())[:120] or 'unreadable'})")
-            model.load_state_dict(initial[0])
-            opt.load_state_dict(initial[1])
-            for g, gs in zip(gens, initial[2]):
-                g.set_state(gs)
-            continue
-        if not failed:
-            return state, {}
-        return state, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read; resumed from {name} (epoch {state['epoch']})"}
-    return None, {RESTORE_NOTE: f"checkpoint {failed[0]} cannot be read and no other is readable; restarted from epoch 1"}
+
+    def restore(d: str) -> dict:
+        state = torch.load(os.path.join(d, "pack.pt"), map_location=device, weights_only=True)
+        missing = {"model", "optimizer", "generators", "active", "epoch", "last_finite", "report"} - set(state)
+        if missing:
+            raise ValueError(f"not a pack checkpoint (missing {', '.join(sorted(missing))})")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        for g, gs in zip(gens, state["generators"], strict=True):
+            g.set_state(gs)
+        return state
+
+    state, note = restore_first_readable(checkpoint, restore)
+    if state is None:  # a partly loaded damaged checkpoint leaves nothing behind
+        model.load_state_dict(initial[0])
+        opt.load_state_dict(initial[1])
+        for g, gs in zip(gens, initial[2]):
+            g.set_state(gs)
+    return state, note
 
 
 def _detach(out: Any) -> Any:
