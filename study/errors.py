@@ -1,51 +1,5 @@
-"""Errors a user can fix: the CLI prints them as one line and exits with status 2.
+"""Kept for scripts that import ``study.errors``: the errors live in `core.errors`."""
 
-`DiskFull` (exit 1) is the one run failure with its own line: the storage filled up; the study is
-resumable once space is freed. `short` keeps values quoted in messages to one short line.
-"""
+from core.errors import ConfigError, DiskFull, UserError, is_disk_full, one_line, printable, short
 
-from __future__ import annotations
-
-import errno
-import reprlib
-
-
-class UserError(Exception):
-    """Bad input (spec file, CLI flag, path, data). Message is one line naming what to fix."""
-
-
-class DiskFull(Exception):
-    """The storage (or the local disk) has no space left; the message is one line naming it."""
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
-_REPR.maxlevel = 3
-
-
-def short(value: object, limit: int = 100) -> str:
-    """`repr(value)` cut to about `limit` characters (nested and long values elided with ...), without
-    building the whole repr first: a value expanded from nested YAML aliases can be huge."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def one_line(message: str, limit: int = 1000) -> str:
-    """A message as one line of at most `limit` characters (the CLI's last guard)."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else f"{text[: limit - 40]}... ({len(text) - limit + 40} characters left out)"
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """True for "no space left on device" (and quota exceeded) from Python, pyarrow or Ray, also when
-    wrapped in another exception's message or cause."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return False
+__all__ = ["ConfigError", "DiskFull", "UserError", "is_disk_full", "one_line", "printable", "short"]

@@ -51,7 +51,7 @@ import torch
 from pydantic import Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 from torch import nn
 
-from study.errors import UserError, short
+from core.errors import ConfigError, UserError, short  # noqa: F401 (ConfigError re-exported)
 from trainables import runtime  # issue 13: precision, channels-last, DDP worker side
 
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -96,13 +96,6 @@ COMMON_TYPES: dict[str, Any] = {
 _TYPE_OF_DEFAULT = {bool: StrictBool, int: StrictInt, float: _Float, str: StrictStr, list: list}
 
 
-class ConfigError(UserError):
-    """A config value of the wrong type or out of range; `key` and `detail` let the spec checker say
-    which section of the file (fixed, space, data) the key came from."""
-
-    def __init__(self, family: str, key: str, detail: str) -> None:
-        self.key, self.detail = key, detail
-        super().__init__(f"trainable {family}: {key}: {detail}")
 
 
 class Diverged(Exception):
