@@ -6,7 +6,7 @@ To add a study family: write ``trainables/<family>.py`` ending in ``FAMILY = Fam
 
 from __future__ import annotations
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import digit_pairs, encapnet, share_split, ssm, wsms
 from trainables.common import Family
 

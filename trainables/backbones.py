@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
-from study.errors import UserError
+from core.errors import UserError
 
 # name: (block, blocks per group, groups, width per group) as in torchvision.models
 ARCHS: dict[str, tuple[type[nn.Module], list[int], int, int]] = {

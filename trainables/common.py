@@ -353,7 +353,7 @@ def save_checkpoint(state: dict, metrics: dict, report: Callable[..., None] | No
     the study and says so, and the trial resumes from its last checkpoint when the study is rerun."""
     from ray import tune
 
-    from study.errors import is_disk_full
+    from core.errors import is_disk_full
 
     deadline = time.monotonic() + DISK_WAIT_S
     while True:

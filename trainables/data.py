@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.errors import UserError
+from core.errors import UserError
 
 BUNDLED_MNIST = Path(__file__).parent / "assets" / "mnist_5k.npz"
 SOURCES = ("mnist", "mnist-5k")

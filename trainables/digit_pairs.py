@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables.common import ConfigError, Family, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
 

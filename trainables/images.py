@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import runtime  # issue 13: data-parallel batch shards
 from trainables.common import ConfigError, check_finite
 from trainables.data import DEFAULT_ROOT, ImageSet, load_mnist

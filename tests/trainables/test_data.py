@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import data as data_mod
 
 

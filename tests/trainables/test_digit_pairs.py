@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import digit_pairs as dp
 from trainables.common import Diverged, check_finite, count_params, make_optimizer, resolve_config
 from trainables.data import ImageSet, load_mnist

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import images as im
 from trainables.common import COMMON_DEFAULTS, ConfigError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import get_family, runtime
 from trainables.common import iterate_batches, resolve_config, run_trial
 from trainables.packing import run_pack_trial

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from study.errors import UserError
+from core.errors import UserError
 from trainables import REGISTRY, share_split
 from trainables.common import make_optimizer, resolve_config
 from trainables.data import load_mnist
