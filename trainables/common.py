@@ -17,10 +17,17 @@ A study family (one module in ``trainables/``) provides a `Family`:
   holds ``__epoch__``, the epoch just trained (1-based), for metrics computed only at the end.
 - ``check(config, data)`` (optional): cheap validation of one config, before any trial starts
   (``data`` is None in ``study validate``); raises `UserError` (`ConfigError` for one key's rule).
-- ``metrics``: the name of every metric ``train_epoch``/``evaluate`` can report (a spec's
-  ``metric`` and its ``paper:`` rows must name one of them; the contract test checks the list);
-  ``metric_patterns``: regular expressions for names that depend on the config (the image
-  families' ``test_acc_scale_<factor>``).
+- ``metrics``: every metric ``train_epoch``/``evaluate`` can report, with what it means
+  (`core.metrics.Metric`: direction, unit, deterministic); ``metric_patterns``: regular
+  expressions for names that depend on the config (the image families' ``test_acc_scale_<factor>``),
+  each with its `Metric`. `RUN_METRICS` (what `run_trial` adds: ``epoch``, ``lr``, ``diverged``,
+  ``params``, ``step_time_s``, ``peak_mem_mb``) are part of every family's ``metrics``. A spec's
+  ``metric`` and its ``paper:`` rows must name one of them (`Family.metric`); the contract test
+  checks that every metric a variant reports is declared, with a plausible unit.
+- ``inert_keys(config)`` (optional): the config keys that have no effect in that config (WSMS
+  ``ms`` with ``stages: 1``): configurations differing only in them are the same experiment, and
+  the statistics count them once per seed. `COMMON_INERT` adds the common keys' cases
+  (``momentum`` without SGD, ``lr_gamma`` without milestones).
 - ``model_keys`` and ``input_shape(config)``: the config keys that shape the model, and one
   example's input shape, for ``study validate --models`` (parameter and FLOP counts, no data).
 
@@ -39,9 +46,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -51,8 +59,10 @@ import torch
 from pydantic import Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 from torch import nn
 
+from core import metrics as M
 from core.errors import ConfigError, UserError, short  # noqa: F401 (ConfigError re-exported)
-from trainables import runtime  # issue 13: precision, channels-last, DDP worker side
+from core.metrics import Metric
+from trainables import runtime  # precision, channels-last, data-parallel worker side
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # controls init, data order and data sampling (pairs, transforms)
@@ -66,12 +76,20 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "lr_gamma": 0.1,  # lr factor at each milestone
     "device": "auto",  # auto (cuda if available) | cpu | cuda | cuda:N
     "threads": 1,  # torch intra-op threads per trial (the runner sets it from resources.cpu)
-    # issue 13 (trainables/runtime.py): precision and memory format, off on a CPU unless asked for
+    # trainables/runtime.py: precision and memory format, off on a CPU unless asked for
     "amp": "auto",  # auto (bf16 on CUDA, else fp16 + grad scaler; off on CPU) | off | bf16 | fp16
     "channels_last": "auto",  # auto (on for CUDA) | true | false: NHWC model and 4-D inputs
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
-PLATFORM_METRICS = ("step_time_s", "peak_mem_mb")  # reported by run_trial for every family (seconds, MiB)
+PLATFORM_METRICS = tuple(M.PLATFORM_METRICS)  # names of the cost metrics run_trial reports for every family
+
+# What run_trial reports beside the family's own metrics, for every family.
+RUN_METRICS: dict[str, Metric] = {
+    **M.PLATFORM_METRICS,  # step_time_s (seconds), peak_mem_mb (MiB), params (count)
+    "epoch": M.EPOCH,  # epochs finished
+    "lr": Metric("min", "ratio", deterministic=True),  # the learning rate of the epoch (set by the schedule)
+    "diverged": Metric("min", "fraction"),  # 1 when the trial's loss became NaN/inf, else 0
+}
 
 # Types and rules of the common keys; every other key must have the type of its family default
 # (bool, int, float, str, list; null defaults are checked by the family's `check`). Strict: no
@@ -90,8 +108,8 @@ COMMON_TYPES: dict[str, Any] = {
     "lr_gamma": Annotated[_Float, Field(gt=0)],
     "device": Annotated[StrictStr, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")],
     "threads": _PosInt,
-    "amp": Literal["auto", "off", "bf16", "fp16"],  # issue 13
-    "channels_last": Literal["auto"] | StrictBool,  # issue 13
+    "amp": Literal["auto", "off", "bf16", "fp16"],
+    "channels_last": Literal["auto"] | StrictBool,
 }
 _TYPE_OF_DEFAULT = {bool: StrictBool, int: StrictInt, float: _Float, str: StrictStr, list: list}
 
@@ -110,6 +128,37 @@ def check_finite(loss: torch.Tensor) -> None:
     runtime.scale_loss(loss)  # issue 13: fp16 loss scaling (no-op otherwise)
 
 
+def common_inert_keys(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """The `COMMON_DEFAULTS` keys without effect in `cfg`: ``momentum`` unless the optimizer is SGD;
+    ``lr_gamma`` and ``lr_milestones`` when no milestone falls before the trial's last epoch (the
+    lr changes after epoch m, so a milestone m >= epochs never applies)."""
+    inert = set()
+    if cfg.get("optimizer", COMMON_DEFAULTS["optimizer"]) != "sgd":
+        inert.add("momentum")
+    epochs = int(cfg.get("epochs", COMMON_DEFAULTS["epochs"]))
+    if not any(int(m) < epochs for m in cfg.get("lr_milestones", ())):
+        inert |= {"lr_gamma", "lr_milestones"}
+    return frozenset(inert)
+
+
+def no_inert_keys(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """The default `Family.inert_keys` of a family: every key of its own has an effect."""
+    return frozenset()
+
+
+class _InertKeys:
+    """`Family.inert_keys` as callers see it: the config completed with the family's defaults, then
+    the family's own inert keys and `common_inert_keys`."""
+
+    def __init__(self, own: Callable[[Mapping[str, Any]], frozenset[str]], defaults: Mapping[str, Any]) -> None:
+        self.own, self.defaults = own, dict(defaults)
+        self.__doc__ = own.__doc__
+
+    def __call__(self, config: Mapping[str, Any]) -> frozenset[str]:
+        cfg = {**self.defaults, **{k: v for k, v in config.items() if not k.startswith("__")}}
+        return frozenset(self.own(cfg)) | common_inert_keys(cfg)
+
+
 @dataclass(frozen=True)
 class Family:
     """A study family: see the module docstring for the contract of each field."""
@@ -122,26 +171,58 @@ class Family:
     train_epoch: Callable[..., dict]
     evaluate: Callable[..., dict]
     check: Callable[[dict, Any], Any] | None = None  # check(config, data or None): raise UserError early
-    metrics: tuple[str, ...] = ("train_loss", "test_loss", "test_acc")  # every metric some config reports
+    # every metric some config reports -> its meaning; RUN_METRICS are added by __post_init__
+    metrics: Mapping[str, Metric] = field(
+        default_factory=lambda: {"train_loss": M.LOSS, "test_loss": M.LOSS, "test_acc": M.ACCURACY}
+    )
     smoke: Mapping[str, Any] = field(default_factory=dict)  # config overrides for `study run --smoke` (small data)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # named configs, one per net, for tests
     doc: str = ""
     sources: tuple[str, ...] | None = None  # data.source values `load_data` reads (None: every source)
-    metric_patterns: tuple[str, ...] = ()  # regexes of config-dependent metric names (test_acc_scale_0.5)
+    # regexes of config-dependent metric names (test_acc_scale_0.5) -> their meaning
+    metric_patterns: Mapping[str, Metric] = field(default_factory=dict)
     model_keys: tuple[str, ...] = ()  # config keys that shape the model (`study validate --models`)
     input_shape: Callable[[dict], tuple[int, ...]] | None = None  # one example's input shape, e.g. (3, 32, 32)
+    # inert_keys(config): the keys without effect in that config (the family's and `common_inert_keys`)
+    inert_keys: Callable[[Mapping[str, Any]], frozenset[str]] = no_inert_keys
+
+    def __post_init__(self) -> None:
+        declared = {**RUN_METRICS, **self.metrics}
+        for name, m in (*declared.items(), *self.metric_patterns.items()):
+            if not isinstance(m, Metric):
+                raise TypeError(f"family {self.name}: metric {name!r} must be declared as a core.metrics.Metric")
+        object.__setattr__(self, "metrics", declared)
+        object.__setattr__(self, "metric_patterns", dict(self.metric_patterns))
+        if not isinstance(self.inert_keys, _InertKeys):
+            object.__setattr__(self, "inert_keys", _InertKeys(self.inert_keys, self.all_defaults))
 
     @property
     def all_defaults(self) -> dict[str, Any]:
         return {**COMMON_DEFAULTS, **self.defaults}
 
+    def metric(self, name: str) -> Metric | None:
+        """What the metric `name` means: its declaration by exact name, else by the first pattern
+        it matches; None when no config of this family reports it."""
+        if name in self.metrics:
+            return self.metrics[name]
+        for pattern, m in self.metric_patterns.items():
+            if re.fullmatch(pattern, name):
+                return m
+        return None
+
     def knows_metric(self, name: str) -> bool:
         """True if some config of this family reports `name` (`metrics` or `metric_patterns`)."""
-        import re
+        return self.metric(name) is not None
 
-        if name in self.metrics or name in PLATFORM_METRICS:
-            return True
-        return any(re.fullmatch(p, name) for p in self.metric_patterns)
+    def semantics(self, names: Iterable[str]) -> dict[str, Metric]:
+        """The meaning of each of `names` (e.g. the metrics a trial reported) that the family
+        declares; other names (``error``, notes) are left out."""
+        out = {}
+        for name in names:
+            m = self.metric(name)
+            if m is not None:
+                out[name] = m
+        return out
 
 
 @cache

@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import metrics as M
 from core.errors import UserError
 from trainables.common import ConfigError, Family, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
@@ -503,6 +504,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "Siamese-unshared": {"arch": "Siamese", "weight_sharing": False},
 }
 
+
+def inert_keys(cfg: dict[str, Any]) -> frozenset[str]:
+    """Keys without effect: the auxiliary loss's weight when it is off; the auxiliary loss and
+    weight sharing on the single-branch nets (no digit logits, nothing to share)."""
+    inert = set()
+    if cfg["arch"] in SINGLE_BRANCH:
+        inert |= {"aux_loss", "aux_weight", "weight_sharing"}
+    elif not cfg["aux_loss"]:
+        inert.add("aux_weight")
+    return frozenset(inert)
+
+
 FAMILY = Family(
     name="digit_pairs",
     defaults=DEFAULTS,
@@ -513,7 +526,14 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
-    metrics=("train_loss", "train_acc", "test_loss", "test_acc", "test_digit_acc"),
+    inert_keys=inert_keys,
+    metrics={
+        "train_loss": M.LOSS,
+        "train_acc": M.ACCURACY,
+        "test_loss": M.LOSS,
+        "test_acc": M.ACCURACY,  # the comparison (is digit 1 <= digit 2)
+        "test_digit_acc": M.ACCURACY,  # the digit classes of two-branch nets (both digits)
+    },
     smoke={"n_train": 200, "n_test": 200, "epochs": 1},
     variants=VARIANTS,
     model_keys=("arch", "weight_sharing"),

@@ -34,7 +34,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import metrics as M
 from core.errors import UserError
+from core.metrics import Metric
 from trainables import runtime  # issue 13: data-parallel batch shards
 from trainables.common import ConfigError, check_finite
 from trainables.data import DEFAULT_ROOT, ImageSet, load_mnist
@@ -624,6 +626,11 @@ def check_image_config(family: str, cfg: Mapping[str, Any], data: Images | None)
             )
 
 
+def image_inert_keys(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """`IMAGE_DEFAULTS` keys without effect in `cfg`: ``scale_eval_at`` without scaled test sets."""
+    return frozenset() if cfg["scale_eval"] else frozenset({"scale_eval_at"})
+
+
 def scale_metric(factor: float) -> str:
     """The metric name of one scaled test set: test_acc_scale_0.5, test_acc_scale_2."""
     return SCALE_METRIC.format(f"{float(factor):g}")
@@ -762,11 +769,26 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum())
 
 
-def image_metrics(num_classes_max: int, extra: Sequence[str] = ()) -> tuple[str, ...]:
-    """The metric names an image family declares (`Family.metrics`)."""
-    base = ("train_loss", "train_acc", "test_loss", "test_acc", "test_err_pct")
-    top5 = ("test_acc_top5", "test_err_top5_pct") if num_classes_max > 10 else ()
-    return (*base, *top5, *(m for m in extra if m not in base))
+def image_metrics(num_classes_max: int, extra: Mapping[str, Metric] | None = None) -> dict[str, Metric]:
+    """The metrics an image family declares (`Family.metrics`): losses, top-1 accuracy and error in
+    percent, top-5 when some source has more than 10 classes, and the family's `extra` ones."""
+    base = {
+        "train_loss": M.LOSS,
+        "train_acc": M.ACCURACY,
+        "test_loss": M.LOSS,
+        "test_acc": M.ACCURACY,
+        "test_err_pct": M.ERROR_PCT,  # 100 x (1 - test_acc), the papers' unit
+    }
+    top5 = {"test_acc_top5": M.ACCURACY, "test_err_top5_pct": M.ERROR_PCT} if num_classes_max > 10 else {}
+    return {**base, **top5, **{k: v for k, v in (extra or {}).items() if k not in base}}
+
+
+# config-dependent metrics of every image family: the scaled test sets (scale_eval), top-5 with more than 10 classes
+IMAGE_METRIC_PATTERNS: dict[str, Metric] = {
+    SCALE_METRIC_PATTERN: M.ACCURACY,
+    r"test_acc_top5": M.ACCURACY,
+    r"test_err_top5_pct": M.ERROR_PCT,
+}
 
 
 def is_scale_metric(name: str) -> bool:

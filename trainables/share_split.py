@@ -70,7 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import metrics as M
 from core.errors import UserError
+from core.metrics import Metric
 from trainables.capsules import capsule_length, margin_loss, squash
 from trainables.common import ConfigError, Family, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
@@ -508,6 +510,17 @@ def evaluate(model: ShareOrSplitNet, data: TrialData, config: dict, device: torc
     return metrics
 
 
+def inert_keys(cfg: dict[str, Any]) -> frozenset[str]:
+    """Keys without effect: the box loss's weight in the classification task; the reconstruction
+    size without a reconstruction loss (no decoder)."""
+    inert = set()
+    if cfg["task"] == "cls":
+        inert.add("box_weight")
+    if float(cfg["recon_weight"]) == 0:
+        inert.add("recon_size")
+    return frozenset(inert)
+
+
 FAMILY = Family(
     name="share_split",
     defaults=DEFAULTS,
@@ -518,11 +531,14 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
-    metrics=tuple(
-        f"{split}_{name}"
-        for split in ("train", "test")
-        for name in ("loss", "acc", "cls_loss", "box_loss", "recon_loss", *(("iou",) if split == "test" else ()))
-    ),
+    inert_keys=inert_keys,
+    metrics={
+        **{f"{split}_{part}": M.LOSS for split in ("train", "test") for part in ("loss", "cls_loss", "box_loss")},
+        **{f"{split}_recon_loss": M.LOSS for split in ("train", "test")},
+        "train_acc": M.ACCURACY,
+        "test_acc": M.ACCURACY,
+        "test_iou": Metric("max", "fraction"),  # mean IoU of the predicted and true squares (cls_box)
+    },
     smoke={"train_images": 128, "copies": 1, "test_images": 128, "epochs": 1, "lr_milestones": []},
     model_keys=("head", "features", "conv_channels", "task", "recon_weight", "recon_size"),
     input_shape=lambda cfg: (1, CANVAS, CANVAS),

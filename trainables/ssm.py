@@ -65,12 +65,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import metrics as M
 from trainables.backbones import ARCHS, ResNet
 from trainables.common import ConfigError, Family, check_finite
 from trainables.images import (
     IMAGE_DEFAULTS,
+    IMAGE_METRIC_PATTERNS,
     IMAGE_SOURCES,
-    SCALE_METRIC_PATTERN,
     FolderImages,
     Images,
     TrialImages,
@@ -78,6 +79,7 @@ from trainables.images import (
     check_image_config,
     cross_entropy,
     evaluate_images,
+    image_inert_keys,
     image_metrics,
     load_images,
     main_logits,
@@ -405,6 +407,22 @@ def check(cfg: Mapping[str, Any], data: Images | None = None) -> None:
     check_batches_for_batchnorm(NAME, cfg, data)
 
 
+def inert_keys(cfg: dict[str, Any]) -> frozenset[str]:
+    """Keys without effect: the SSM head's own keys with another head; the training scheme with the
+    plain head (one output: both schemes are the same loss); ``individual_reduce`` with the joint
+    scheme; ``ensemble_combine`` without an ensemble; the image keys' (`image_inert_keys`)."""
+    inert = set(image_inert_keys(cfg))
+    if cfg["head"] != "ssm":
+        inert |= {"heads", "bn_relu"}
+    if cfg["head"] == "plain":
+        inert |= {"scheme", "individual_reduce"}
+    if cfg["scheme"] == "joint":
+        inert.add("individual_reduce")
+    if int(cfg["ensemble"]) == 1:
+        inert.add("ensemble_combine")
+    return frozenset(inert)
+
+
 FAMILY = Family(
     name=NAME,
     defaults=DEFAULTS,
@@ -415,17 +433,18 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
+    inert_keys=inert_keys,
     # heads 1-4 and members 1-2 (the paper's) are declared by name, any others by pattern
     metrics=image_metrics(
         10,
-        extra=(
-            *(f"test_acc_head{k}" for k in range(1, 5)),
-            "test_acc_member1",
-            "test_acc_member2",
-            "test_acc_ensemble_gain",
-        ),
+        extra={
+            **{f"test_acc_head{k}": M.ACCURACY for k in range(1, 5)},
+            "test_acc_member1": M.ACCURACY,
+            "test_acc_member2": M.ACCURACY,
+            "test_acc_ensemble_gain": M.GAIN_FRACTION,  # ensemble minus its best member (fractions)
+        },
     ),
-    metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_err_top5_pct", r"test_acc_head\d+", r"test_acc_member\d+"),
+    metric_patterns={**IMAGE_METRIC_PATTERNS, r"test_acc_head\d+": M.ACCURACY, r"test_acc_member\d+": M.ACCURACY},
     model_keys=("arch", "width", "cifar_stem", "image_size", "head", "heads", "bn_relu", "ensemble", "num_classes"),
     input_shape=lambda cfg: (3, image_size(cfg), image_size(cfg)),
     smoke={

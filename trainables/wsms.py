@@ -52,11 +52,12 @@ from trainables.backbones import ARCHS, CifarDenseNet, CifarResNet, ResNet
 from trainables.common import ConfigError, Family
 from trainables.images import (
     IMAGE_DEFAULTS,
-    SCALE_METRIC_PATTERN,
+    IMAGE_METRIC_PATTERNS,
     TrialImages,
     check_batches_for_batchnorm,
     check_image_config,
     evaluate_images,
+    image_inert_keys,
     image_metrics,
     load_images,
     prepare_images,
@@ -355,6 +356,17 @@ def check(cfg: dict[str, Any], data: Any = None) -> None:
     check_batches_for_batchnorm(NAME, cfg, data)
 
 
+def inert_keys(cfg: dict[str, Any]) -> frozenset[str]:
+    """Keys without effect: with ``stages: 1`` (the plain backbone) every multi-scale key; without
+    an integration conv its width; the image keys' (`image_inert_keys`)."""
+    inert = set(image_inert_keys(cfg))
+    if int(cfg["stages"]) == 1:
+        inert |= {"ms", "per_stage_bn", "integration", "integration_width", "downscale"}
+    elif cfg["integration"] == "none":
+        inert.add("integration_width")
+    return frozenset(inert)
+
+
 FAMILY = Family(
     name=NAME,
     defaults=DEFAULTS,
@@ -364,9 +376,9 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     check=check,
+    inert_keys=inert_keys,
     metrics=image_metrics(10),
-    # config-dependent: scaled test sets (scale_eval), top-5 with more than 10 classes
-    metric_patterns=(SCALE_METRIC_PATTERN, r"test_acc_top5", r"test_err_top5_pct"),
+    metric_patterns=IMAGE_METRIC_PATTERNS,  # scaled test sets (scale_eval), top-5 with more than 10 classes
     model_keys=(
         "backbone", "depth", "block", "width", "cifar_stem", "image_size", "stages", "ms", "per_stage_bn",
         "integration", "integration_width", "num_classes",
