@@ -4,6 +4,8 @@
       scorecard.html, scorecard.parquet      `study scorecard` (default --out)
       NAME/                        one study
         spec.yaml                  the resolved spec the study was started from
+        spec_file.txt              the path of the YAML file it was started from
+        study.json                 facts of its family the readers need without it (epochs default, metrics)
         .study.lock                held by the running `study run` (host, pid, heartbeat)
         tuner.pkl, experiment_state-*.json   Ray Tune's own state (read as JSON, never unpickled)
         <trial dirs>/result.json   one JSON line per reported epoch (Ray Tune)
@@ -20,6 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SPEC_FILE = "spec.yaml"
+SPEC_SOURCE_FILE = "spec_file.txt"
+FACTS_FILE = "study.json"  # written by `study run` and `study report`: read by `study ls` and `status`
 LOCK_FILE = ".study.lock"
 RESULTS_DIR = "results"
 TRIALS_FILE = "trials.parquet"
