@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("specs", nargs="+")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--models", action="store_true", help="list each distinct model: shaping keys, parameters, FLOPs")
-    v.add_argument("--json", action="store_true", help="with --models: print a JSON list (config, params, flops)")
+    v.add_argument("--json", action="store_true", help="with --models or --cost: print JSON instead of lines")
+    v.add_argument("--cost", action="store_true",
+                   help="estimate wall time per trial and for the study (a few timed steps of each model)")  # fmt: skip
+    v.add_argument("--cost-gpu", metavar="NAME", help="with --cost: from the measured table of GPU NAME (e.g. H200)")
+    v.add_argument("--cost-gpus", type=float, default=1, metavar="N", help="with --cost-gpu: number of GPUs")
+    v.add_argument("--cost-cpus", type=float, default=None, metavar="N",
+                   help="with --cost: cluster CPUs (default: this machine's, or the GPU table's)")  # fmt: skip
     v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     ls = sub.add_parser("ls", help="list studies with trial counts by status")
@@ -137,8 +143,12 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
     from study.spec import load_spec
 
-    if a.json and not a.models:
-        raise UserError("--json: only with --models")
+    if a.json and not (a.models or a.cost):
+        raise UserError("--json: only with --models or --cost")
+    if (a.cost_gpu or a.cost_cpus is not None) and not a.cost:
+        raise UserError("--cost-gpu / --cost-cpus: only with --cost")
+    if a.json and a.models and a.cost:
+        raise UserError("--json: with one of --models and --cost, not both")
     listed: list[dict] = []
     for path in a.specs:
         spec = load_spec(path, a.overrides)
@@ -153,6 +163,14 @@ def cmd_validate(a: argparse.Namespace) -> int:
             else:
                 print(f"  {len(models)} distinct model(s) ({spec.trainable}):")
                 print("\n".join(format_models(models)))
+        if a.cost:
+            from study.cost import estimate, format_estimate
+
+            est = estimate(spec, cpus=a.cost_cpus, gpu=a.cost_gpu, gpus=a.cost_gpus)
+            if a.json:
+                listed.append({"spec": str(path), **est})
+            else:
+                print("\n".join(format_estimate(est)))
     if a.json:
         print(json.dumps(listed, indent=1))
     return 0
