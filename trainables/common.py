@@ -11,7 +11,7 @@ A study family (one module in ``trainables/``) provides a `Family`:
 - ``build(config)``: the ``nn.Module``.
 - ``train_epoch(model, optimizer, trial_data, config, generator, device)``: one epoch; returns
   metrics (at least ``train_loss``); calls `check_finite` on each loss so a diverging trial
-  raises `Diverged`. Batches come from `iterate_batches` and metrics are means over the
+  raises `Diverged`, and `backward(loss)` instead of ``loss.backward()`` (fp16 loss scaling). Batches come from `iterate_batches` and metrics are means over the
   examples the epoch iterated (a data-parallel worker iterates its share; `trainables.runtime`).
 - ``evaluate(model, trial_data, config, device)``: test metrics (``test_acc``, ...); the config
   holds ``__epoch__``, the epoch just trained (1-based), for metrics computed only at the end.
@@ -121,11 +121,14 @@ class Diverged(Exception):
 
 
 def check_finite(loss: torch.Tensor) -> None:
-    """Raise `Diverged` if a loss is NaN or inf (call once per batch)."""
+    """Raise `Diverged` if a loss is NaN or inf (call once per batch); data-parallel workers agree,
+    so every worker stops at the same step."""
     bad = not torch.isfinite(loss.detach()).all()
-    if runtime.any_worker(bad):  # issue 13: data-parallel workers stop at the same step
+    if runtime.any_worker(bad):
         raise Diverged(f"non-finite loss {loss.item()}" if bad else "non-finite loss on another worker")
-    runtime.scale_loss(loss)  # issue 13: fp16 loss scaling (no-op otherwise)
+
+
+backward = runtime.backward  # a family's ``loss.backward()``: scaled by the fp16 grad scaler when there is one
 
 
 def common_inert_keys(cfg: Mapping[str, Any]) -> frozenset[str]:
@@ -279,7 +282,7 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opti
 def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
     """Index batches over n examples, shuffled by `generator` (None keeps the order)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return runtime.shard_batches(list(order.split(int(batch_size))))  # issue 13: a DDP worker's slices
+    return runtime.shard_batches(list(order.split(int(batch_size))))  # a data-parallel worker's slices
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -360,7 +363,7 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
     trial_data = family.prepare(cfg, data)
     if cfg.get("num_classes") == 0 and getattr(trial_data, "num_classes", None):  # 0: the data's own
         cfg["num_classes"] = int(trial_data.num_classes)
-    rt = runtime.for_trial(cfg, device)  # issue 13 hook: precision, channels-last, DDP worker
+    rt = runtime.for_trial(cfg, device)  # precision, channels-last, data-parallel worker
     model = rt.prepare_model(family.build(cfg).to(device))
     params = count_params(model)
     optimizer = make_optimizer(model, cfg)
@@ -506,7 +509,7 @@ def load_checkpoint(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if extra is not None:  # entries beyond the contract's (issue 13: the grad scaler)
+        if extra is not None:  # entries beyond the contract's (the grad scaler)
             extra(state)
         return state
 

@@ -1,4 +1,4 @@
-"""Many devices per trial (issue 13): a trial with ``resources.workers`` > 1 trains data-parallel
+"""Many devices per trial: a trial with ``resources.workers`` > 1 trains data-parallel
 on that many Ray Train workers (``TorchTrainer``), inside the Tune study.
 
 How Ray 2.60 combines Train and Tune (Train V2, on by default; ``ray/train/v2``): passing a
@@ -86,18 +86,16 @@ def worker_loop(loop_config: dict) -> None:
         import ray.train.torch
 
         torch.cuda.set_device(ray.train.torch.get_device())
-    runtime._WORKER = WorkerSession(
+    worker = WorkerSession(
         rank=ctx.get_world_rank(),
         world=ctx.get_world_size(),
         queue=loop_config["queue"],
         checkpoint_files=loop_config["checkpoint"],
     )
-    try:
+    with runtime.worker_session(worker):
         data = ray.get(loop_config["data"])
         family = get_family(loop_config["family"])
         run_trial(dict(loop_config["config"]), data, family=family, seeds=loop_config["seeds"])
-    finally:
-        runtime._WORKER = None
 
 
 def readable_checkpoint_files(checkpoint: Any) -> tuple[dict[str, bytes] | None, dict[str, str]]:

@@ -42,7 +42,7 @@ Siamese stays at 58.8% (digit accuracy 19%).
 Initialisation (``init``; **choice**, the paper names none): ``he`` (default), He (Kaiming)
 normal weights (fan-in, ReLU gain) and zero biases on every layer followed by a ReLU, PyTorch's
 default on the output layers (digit logits, comparison head, the baselines' last linear);
-``torch`` is PyTorch's default everywhere (the setting before issue 12). Why (Table 2 on
+``torch`` is PyTorch's default everywhere (the platform's earlier setting). Why (Table 2 on
 mnist-5k, 20 seeds, lr 0.005, batch 50): with PyTorch's default (uniform, std 1/sqrt(3 fan_in),
 so each ReLU layer shrinks the signal about 2.5x), the six layers of a branch start with
 near-zero digit logits, and without the auxiliary loss the only gradient comes through the
@@ -75,7 +75,7 @@ from torch import nn
 
 from core import metrics as M
 from core.errors import UserError
-from trainables.common import ConfigError, Family, check_finite, iterate_batches
+from trainables.common import ConfigError, Family, backward, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
 
 DEFAULTS: dict[str, Any] = {
@@ -407,7 +407,7 @@ def train_epoch(
         loss = pair_loss(out, target, classes, config)
         check_finite(loss)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         optimizer.step()
         loss_sum += loss.item()
         correct += int((out["logits"].argmax(dim=1) == target).sum())
@@ -440,7 +440,7 @@ def evaluate(model: nn.Module, trial_data: PairData, config: dict, device: torch
 
 
 # ---------------------------------------------------------------------------------------------
-# packed training (issue 13, trainables/packing.py): the per-batch pieces of train_epoch/evaluate
+# packed training (trainables/packing.py): the per-batch pieces of train_epoch/evaluate
 
 
 def _pack_tensors(trial_data: PairData, split: str) -> tuple[torch.Tensor, ...]:

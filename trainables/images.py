@@ -47,8 +47,8 @@ from torch import nn
 from core import metrics as M
 from core.errors import UserError
 from core.metrics import Metric
-from trainables import runtime  # issue 13: data-parallel batch shards
-from trainables.common import ConfigError, check_finite
+from trainables import runtime  # data-parallel batch shards
+from trainables.common import ConfigError, backward, check_finite
 from trainables.data import DEFAULT_ROOT, ImageSet, load_mnist
 
 IMAGE_SOURCES = ("mnist", "mnist-5k", "cifar10", "cifar100", "svhn", "imagenet", "imagenet-subset")
@@ -459,7 +459,7 @@ class TrialImages:
         index = self.train_index if split == "train" else self.test_index
         n = len(index) if index is not None else len(ys)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for idx in runtime.shard_batches(list(order.split(int(batch_size)))):  # issue 13: a DDP worker's slices
+        for idx in runtime.shard_batches(list(order.split(int(batch_size)))):  # a data-parallel worker's slices
             if index is not None:
                 idx = index[idx]
             x = xs[idx].to(device, non_blocking=True).float().div_(255)
@@ -704,7 +704,7 @@ def train_epoch_images(
         loss = loss_fn(out, y)
         check_finite(loss)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         optimizer.step()
         total += float(loss.detach()) * len(y)
         correct += int((main_logits(out).detach().argmax(1) == y).sum())

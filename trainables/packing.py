@@ -1,4 +1,4 @@
-"""Many trials per device (issue 13): ``pack: N`` trains up to N trials of the same model shape
+"""Many trials per device: ``pack: N`` trains up to N trials of the same model shape
 in one process as one vectorised model.
 
 The members of a pack differ only in `MEMBER_KEYS` (seed, lr, momentum, weight decay, lr

@@ -1,5 +1,5 @@
-"""How one trial runs on its devices (issue 13): mixed precision, channels-last, and the
-data-parallel worker side of a multi-worker trial. Family code never sees any of it.
+"""How one trial runs on its devices: mixed precision, channels-last, and the data-parallel
+worker side of a multi-worker trial. Family code sees only `backward` (and `iterate_batches`).
 
 `run_trial` asks `for_trial(cfg, device)` for a `Runtime` and routes five things through it:
 the model (channels-last), the optimizer handed to ``train_epoch`` (fp16 grad scaler, DDP
@@ -10,17 +10,24 @@ Config keys (every family, `COMMON_DEFAULTS`):
 
 - ``amp``: ``auto`` (bf16 autocast on a CUDA device that supports it, else fp16 with a grad
   scaler; off on a CPU), ``off``, ``bf16`` (autocast to bfloat16, no scaler needed) or ``fp16``
-  (autocast to float16 with `torch.amp.GradScaler`: the loss is scaled through a hook that
-  `check_finite` registers on it, steps with inf/NaN gradients are skipped, the scale adapts).
+  (autocast to float16 with `torch.amp.GradScaler`: a family's training step calls
+  ``backward(loss)``, which scales the loss by the current scale before back-propagating; steps
+  with inf/NaN gradients are skipped, the scale adapts).
 - ``channels_last``: ``auto`` (on for CUDA), ``true`` or ``false``: model and 4-D inputs in
   NHWC memory format (faster convolutions on tensor cores; results equal up to rounding).
 
-Data parallel (`trainables.ddp`): inside a Ray Train worker, `Runtime.shard` makes
+Data parallel (`trainables.ddp`): inside a Ray Train worker, the runtime's `Shard` makes
 `iterate_batches` hand every worker its slice of each global batch (so the spec's batch size is
 the global batch), `check_finite` agrees across workers (every worker stops at the same step),
 the optimizer proxy averages gradients over the workers before each step (what
 ``DistributedDataParallel`` does, without wrapping the family's model, whose attributes the
 families use), training metrics are averaged over workers, test metrics are rank 0's.
+
+State: nothing is a module global. What the training pass in progress needs (this worker's
+`Shard`, the fp16 grad scaler) is a `contextvars.ContextVar` set by `Runtime.train` for the
+duration of ``train_epoch`` and read through `current_pass`; the Ray Train worker session is
+another, set by `trainables.ddp` through `worker_session` and read by `for_trial`
+(`current_worker`). Outside those contexts both read as "one worker, full precision".
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +46,7 @@ from torch import nn
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Shard:
     """This worker's place among `world` data-parallel workers (set while ``train_epoch`` runs)."""
 
@@ -46,14 +54,39 @@ class Shard:
     world: int
 
 
-_SHARD: Shard | None = None  # read by trainables.common.iterate_batches / check_finite
-_SCALER: torch.amp.GradScaler | None = None  # read by trainables.common.check_finite (fp16 loss scaling)
+@dataclass(frozen=True)
+class Pass:
+    """What the training pass in progress needs: this worker's shard (None: one worker) and the
+    fp16 grad scaler (None: no loss scaling)."""
+
+    shard: Shard | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
+_PASS: ContextVar[Pass | None] = ContextVar("trainables.runtime.pass", default=None)
+_NO_PASS = Pass()
+
+
+def current_pass() -> Pass:
+    """The training pass running in this context (`Runtime.train`); outside one: one worker, no scaler."""
+    return _PASS.get() or _NO_PASS
+
+
+@contextlib.contextmanager
+def training_pass(shard: Shard | None = None, scaler: torch.amp.GradScaler | None = None) -> Iterator[Pass]:
+    """Run the body as (part of) a training pass with this shard and scaler (`Runtime.train`; tests)."""
+    now = Pass(shard if shard is not None and shard.world > 1 else None, scaler)
+    token = _PASS.set(now)
+    try:
+        yield now
+    finally:
+        _PASS.reset(token)
 
 
 def shard_batches(batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """This worker's slices of the global batches (`iterate_batches` under a `Shard`): batch b gives
     ``b.tensor_split(world)[rank]``; a batch with fewer examples than workers is dropped by all."""
-    s = _SHARD
+    s = current_pass().shard
     if s is None:
         return batches
     return [b.tensor_split(s.world)[s.rank] for b in batches if len(b) >= s.world]
@@ -61,7 +94,7 @@ def shard_batches(batches: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def any_worker(flag: bool) -> bool:
     """True if `flag` is True on any data-parallel worker (a collective; `flag` itself otherwise)."""
-    if _SHARD is None:
+    if current_pass().shard is None:
         return flag
     import torch.distributed as dist
 
@@ -70,10 +103,11 @@ def any_worker(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def scale_loss(loss: torch.Tensor) -> None:
-    """fp16: multiply the gradient leaving `loss` by the grad scaler's scale (loss scaling)."""
-    if _SCALER is not None and loss.requires_grad:
-        loss.register_hook(_SCALER.scale)
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, with the loss scaled by the fp16 grad scaler of the pass (if any): the
+    one call a family's training step makes instead of ``loss.backward()``."""
+    scaler = current_pass().scaler
+    (scaler.scale(loss) if scaler is not None else loss).backward()
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
@@ -175,16 +209,9 @@ class Runtime:
 
     @contextlib.contextmanager
     def train(self) -> Iterator[None]:
-        """Around ``train_epoch``: autocast, loss scaling, this worker's shard of every batch."""
-        global _SHARD, _SCALER
-        saved = _SHARD, _SCALER
-        _SHARD = Shard(self.rank, self.world) if self.world > 1 else None
-        _SCALER = self.scaler
-        try:
-            with self._autocast():
-                yield
-        finally:
-            _SHARD, _SCALER = saved
+        """Around ``train_epoch``: autocast, loss scaling (`backward`), this worker's shard of every batch."""
+        with training_pass(Shard(self.rank, self.world), self.scaler), self._autocast():
+            yield
 
     @contextlib.contextmanager
     def eval(self) -> Iterator[None]:
@@ -240,12 +267,27 @@ class Runtime:
             self.scaler.load_state_dict(state["grad_scaler"])
 
 
-_WORKER: Any = None  # set by trainables.ddp in a Ray Train worker process
+_WORKER: ContextVar[Any] = ContextVar("trainables.runtime.worker", default=None)
+
+
+def current_worker() -> Any:
+    """The Ray Train worker session this trial runs in (`trainables.ddp.WorkerSession`), else None."""
+    return _WORKER.get()
+
+
+@contextlib.contextmanager
+def worker_session(worker: Any) -> Iterator[None]:
+    """Run the body (`run_trial`) as data-parallel worker `worker` (`trainables.ddp.worker_loop`)."""
+    token = _WORKER.set(worker)
+    try:
+        yield
+    finally:
+        _WORKER.reset(token)
 
 
 def for_trial(cfg: Mapping[str, Any], device: torch.device) -> Runtime:
     """The runtime of a trial with config `cfg` on `device` (a DDP worker's when inside one)."""
-    worker = _WORKER
+    worker = current_worker()
     return Runtime(
         device=device,
         amp_dtype=resolve_amp(str(cfg.get("amp", "off")), device),

@@ -74,7 +74,7 @@ from core import metrics as M
 from core.errors import UserError
 from core.metrics import Metric
 from trainables.capsules import capsule_length, margin_loss, squash
-from trainables.common import ConfigError, Family, check_finite, iterate_batches
+from trainables.common import ConfigError, Family, backward, check_finite, iterate_batches
 from trainables.data import ImageSet, load_mnist
 
 NUM_CLASSES = 10
@@ -478,7 +478,7 @@ def train_epoch(
         loss = sum(parts.values())
         check_finite(loss)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         optimizer.step()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v.item() * len(idx)

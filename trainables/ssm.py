@@ -67,7 +67,7 @@ from torch import nn
 
 from core import metrics as M
 from trainables.backbones import ARCHS, ResNet
-from trainables.common import ConfigError, Family, check_finite
+from trainables.common import ConfigError, Family, backward, check_finite
 from trainables.images import (
     IMAGE_DEFAULTS,
     IMAGE_METRIC_PATTERNS,
@@ -358,7 +358,7 @@ def _train_ensemble_epoch(
             correct += int((main_logits(out).detach().argmax(1) == y).sum())
             seen += len(y)
         optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
+        backward(torch.stack(losses).sum())
         optimizer.step()
     model.epochs_trained += 1
     return {"train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1)}

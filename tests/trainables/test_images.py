@@ -317,11 +317,8 @@ def test_imagenet_folder_is_sharded_over_data_parallel_workers(tmp_path: Path) -
     t = im.prepare_images(cfg(loader_workers=0), d, channels=3, size=16, recipe="none")
 
     def labels_and_sizes(shard):
-        saved, runtime._SHARD = runtime._SHARD, shard
-        try:
+        with runtime.training_pass(shard):
             batches = list(t.batches("train", 5, CPU, torch.Generator().manual_seed(7)))
-        finally:
-            runtime._SHARD = saved
         return [y.tolist() for _, y in batches], [len(y) for _, y in batches]
 
     whole, sizes = labels_and_sizes(None)

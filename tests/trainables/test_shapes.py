@@ -226,20 +226,20 @@ def test_precision_switches(monkeypatch, data) -> None:
         resolve_config(FAMILY, {"amp": "fp8"})
 
 
-def test_shards_split_each_global_batch(monkeypatch) -> None:
+def test_shards_split_each_global_batch() -> None:
     """A DDP worker trains on its slice of every global batch; together the slices are the batch."""
     whole = iterate_batches(103, 25, torch.Generator().manual_seed(0))
     parts = []
     for rank in (0, 1):
-        monkeypatch.setattr(runtime, "_SHARD", runtime.Shard(rank, 2))
-        parts.append(iterate_batches(103, 25, torch.Generator().manual_seed(0)))
-    monkeypatch.setattr(runtime, "_SHARD", None)
+        with runtime.training_pass(runtime.Shard(rank, 2)):
+            parts.append(iterate_batches(103, 25, torch.Generator().manual_seed(0)))
+    assert runtime.current_pass().shard is None  # the shard ends with the pass
     assert len(parts[0]) == len(parts[1]) == len(whole) == 5
     for b, p0, p1 in zip(whole, *parts):
         assert torch.equal(torch.cat([p0, p1]), b) and abs(len(p0) - len(p1)) <= 1
 
 
-def test_image_batches_are_sharded_for_ddp(monkeypatch) -> None:
+def test_image_batches_are_sharded_for_ddp() -> None:
     """The image families' in-memory batches also give a DDP worker its slice of each global batch."""
     from trainables.images import TrialImages, from_image_set
 
@@ -250,9 +250,8 @@ def test_image_batches_are_sharded_for_ddp(monkeypatch) -> None:
     whole = labels()
     parts = []
     for rank in (0, 1):
-        monkeypatch.setattr(runtime, "_SHARD", runtime.Shard(rank, 2))
-        parts.append(labels())
-    monkeypatch.setattr(runtime, "_SHARD", None)
+        with runtime.training_pass(runtime.Shard(rank, 2)):
+            parts.append(labels())
     assert [len(b) for b in whole] == [16, 16, 16, 12] and [len(b) for b in parts[0]] == [8, 8, 8, 6]
     for b, p0, p1 in zip(whole, *parts):
         assert torch.equal(torch.cat([p0, p1]), b)
