@@ -1,3 +1,12 @@
+"""Shared fixtures and helpers, and the test tiers' rules.
+
+Tiers (pytest markers, registered in pyproject.toml): plain `pytest` runs the fast tier; `e2e`
+(a real local Ray), `fault` (kills and corrupts real runs), `cluster` (multi-node Ray on this
+machine), `browser` (headless Chromium) and `gpu` (CUDA; skipped without it) run with `-m TIER`,
+all of them with `-m ""`. Every test has a timeout (pyproject's `timeout`); the slow tiers get
+`TIER_TIMEOUT_S` unless a test sets its own `@pytest.mark.timeout`.
+"""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +20,27 @@ import yaml
 
 REPO = Path(__file__).parents[1]
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+# Per-test timeouts (seconds) of the slow tiers, longest first; other tests get pyproject's 300 s.
+TIER_TIMEOUT_S = {"cluster": 900, "fault": 600}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tiers get their longer timeout; `gpu` tests are skipped without CUDA."""
+    cuda: bool | None = None
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            for tier, seconds in TIER_TIMEOUT_S.items():
+                if item.get_closest_marker(tier) is not None:
+                    item.add_marker(pytest.mark.timeout(seconds))
+                    break
+        if item.get_closest_marker("gpu") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA (gpu tier)"))
 
 
 @pytest.fixture(scope="session")
