@@ -26,7 +26,8 @@ TIER_TIMEOUT_S = {"cluster": 900, "fault": 600}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tiers get their longer timeout; `gpu` tests are skipped without CUDA."""
+    """Slow tiers get their longer timeout; `gpu` tests are skipped without CUDA (unless
+    `STUDY_GPU_TIER_DEVICE=cpu` asks for the CPU dry run of tests/gpu/)."""
     cuda: bool | None = None
     for item in items:
         if item.get_closest_marker("timeout") is None:
@@ -38,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if cuda is None:
                 import torch
 
-                cuda = torch.cuda.is_available()
+                cuda = torch.cuda.is_available() or os.environ.get("STUDY_GPU_TIER_DEVICE") == "cpu"
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs CUDA (gpu tier)"))
 
