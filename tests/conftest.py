@@ -24,12 +24,26 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Per-test timeouts (seconds) of the slow tiers, longest first; other tests get pyproject's 300 s.
 TIER_TIMEOUT_S = {"cluster": 900, "fault": 600}
 
+# Tests without Ray that take too long for the fast tier (measured with --durations on 2 shared
+# cores): they run in the e2e tier. Listed by node id here so that their files stay as they are.
+SLOW_TESTS = {
+    # the model listing of the biggest shipped spaces (every distinct model built and its FLOPs counted)
+    "tests/study/test_models.py::test_every_shipped_space_lists_its_models[wsms_cifar.yaml]": "176 s",
+    "tests/study/test_models.py::test_every_shipped_space_lists_its_models[ssm_imagenet.yaml]": "42 s",
+    "tests/study/test_models.py::test_every_shipped_space_lists_its_models[encapnet_capconv.yaml]": "37 s",
+    "tests/study/test_models.py::test_every_shipped_space_lists_its_models[encapnet_ot.yaml]": "24 s",
+    "tests/study/test_models.py::test_every_shipped_space_lists_its_models[wsms_imagenet.yaml]": "17 s",
+}
 
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the e2e mark added here must count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tiers get their longer timeout; `gpu` tests are skipped without CUDA (unless
-    `STUDY_GPU_TIER_DEVICE=cpu` asks for the CPU dry run of tests/gpu/)."""
+    """Slow unit tests join the e2e tier; slow tiers get their longer timeout; `gpu` tests are
+    skipped without CUDA (unless `STUDY_GPU_TIER_DEVICE=cpu` asks for the CPU dry run of tests/gpu/)."""
     cuda: bool | None = None
     for item in items:
+        if item.nodeid in SLOW_TESTS:
+            item.add_marker(pytest.mark.e2e)
         if item.get_closest_marker("timeout") is None:
             for tier, seconds in TIER_TIMEOUT_S.items():
                 if item.get_closest_marker(tier) is not None:
