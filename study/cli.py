@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", default=None, help="HTML file (default: STORAGE/scorecard.html)")
     sc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    sv = sub.add_parser("serve", help="a live, read-only web explorer over every study in a storage")
+    sv.add_argument("--storage", default=DEFAULT_STORAGE)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    sv.add_argument("--allow-remote", action="store_true",
+                    help="allow a non-loopback --host; every request then needs the token printed at start")  # fmt: skip
+    sv.add_argument("--open", action="store_true", help="open the explorer in a web browser")
+    sv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     sb = sub.add_parser("submit", help="submit a study to a Ray cluster through the Ray Jobs API")
     sb.add_argument("spec")
     sb.add_argument(
@@ -286,6 +295,12 @@ def cmd_scorecard(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from study.serve import serve
+
+    return serve(a.storage, host=a.host, port=a.port, open_browser=a.open, allow_remote=a.allow_remote)
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from study.submit import submit
 
@@ -299,7 +314,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "status": cmd_status, "report": cmd_report,
-    "compare": cmd_compare, "submit": cmd_submit, "scorecard": cmd_scorecard,
+    "compare": cmd_compare, "submit": cmd_submit, "scorecard": cmd_scorecard, "serve": cmd_serve,
 }  # fmt: skip
 
 

@@ -1,0 +1,253 @@
+"""The studies of one storage, for `study serve`: names checked against the storage, one
+`LiveStudy` per study, and the index rows (`GET /api/studies`).
+
+A name from a URL is used only if it is a study the storage lists (a directory with a
+``spec.yaml``) whose resolved path lies inside the storage: ``..``, slashes, and symlinks that
+lead out of the storage are refused. The index is read from Tune's saved state only (the counts
+of `study status`, by `study.results.study_counts`), never from the result files, and computed
+again for a study only when its spec, state or directory changed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError, one_line
+from core.layout import EXPERIMENT_STATE_GLOB, SPEC_FILE, results_dir
+from core.status import UNFINISHED
+from study.serve.live import LiveStudy, file_key, iso, study_status
+
+REMOTE_PULL_S = 30.0  # a study on shared storage is mirrored again at most this often
+MAX_NAME_BYTES = 255
+
+
+class NotFound(Exception):
+    """No such study or trial (HTTP 404); the message is one line."""
+
+
+def valid_name(name: str) -> bool:
+    """A single path component (no separator, not ``.``/``..``, no control characters)."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES
+    )
+
+
+def inside(path: Path, root: Path) -> bool:
+    """`path`, with every symlink resolved, lies inside `root` (resolved)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+class Catalog:
+    """Every study of a storage (a local directory or an object-store URI), read-only."""
+
+    def __init__(self, storage: str | Path) -> None:
+        from study.storage import Store
+
+        self.storage = str(storage)
+        self.store = Store.open(storage)
+        if not self.store.remote and not Path(self.store.root).is_dir():
+            raise UserError(f"--storage {storage}: no such directory (see `study ls --storage DIR`)")
+        self.work = Path(tempfile.mkdtemp(prefix="study-serve-"))  # outside the storage; removed by close()
+        self._studies: dict[str, LiveStudy] = {}
+        self._index: dict[str, tuple[Any, dict]] = {}
+        self._pulled: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- names
+
+    def names(self) -> list[str]:
+        try:
+            return [n for n in self.store.names() if valid_name(n)]
+        except OSError:
+            return []
+
+    def _refused(self, name: str) -> str | None:
+        """Why a listed study is not read (a symlink out of the storage), or None."""
+        if self.store.remote:
+            return None
+        root = Path(self.store.root)
+        if not inside(root / name, root):
+            return f"{root / name}: a link to outside the storage; not read"
+        return None
+
+    def study(self, name: str) -> LiveStudy:
+        """The live study `name`; `NotFound` unless the storage lists it and it lies inside it."""
+        if not valid_name(name) or name not in self.names():
+            raise NotFound(f"no study named {name!r} in {self.storage}")
+        refused = self._refused(name)
+        if refused:
+            raise NotFound(refused)
+        with self._lock:
+            live = self._studies.get(name)
+            if live is None:
+                local = self.store.local_dir(name)
+                live = self._studies[name] = LiveStudy(name, local, self.work / f"s{len(self._studies)}")
+        self._pull(name)
+        return live
+
+    def _pull(self, name: str) -> None:
+        if not self.store.remote:
+            return
+        now = time.monotonic()
+        if now - self._pulled.get(name, -1e9) >= REMOTE_PULL_S:
+            self.store.pull(name)  # into the local cache (~/.cache/study-platform), never into the storage
+            self._pulled[name] = now
+
+    # -- the index
+
+    def index(self) -> list[dict[str, Any]]:
+        """One row per study (see `index_row`), sorted by name."""
+        return [self.index_row(n) for n in self.names()]
+
+    def index_row(self, name: str) -> dict[str, Any]:
+        """``name, trainable, data_source, status, trials_done, trials_running, trials_failed,
+        trials_total, updated`` (ISO 8601), plus ``counts``, ``best``, ``metric``, ``mode``, ``eta_s``,
+        ``claims`` (verdict counts), ``smoke``, ``error``."""
+        refused = self._refused(name)
+        if refused:
+            return _row(name, error=refused)
+        try:
+            live = self.study(name)
+        except NotFound as e:
+            return _row(name, error=str(e))
+        d = live.dir
+        state = sorted(d.glob(EXPERIMENT_STATE_GLOB))
+        claims_file = results_dir(d) / "claims.parquet"
+        key = (file_key(d / SPEC_FILE), tuple((p.name, file_key(p)) for p in state), _mtime(d), file_key(claims_file),
+               id(live.claims))  # fmt: skip
+        cached = self._index.get(name)
+        if cached and cached[0] == key:
+            return cached[1]
+        row = self._compute_row(name, live, state)
+        self._index[name] = (key, row)
+        return row
+
+    def _compute_row(self, name: str, live: LiveStudy, state: list[Path]) -> dict[str, Any]:
+        from study.results import study_counts
+
+        try:
+            spec = live.spec()
+            counts = study_counts(live.dir)
+        except Exception as e:  # noqa: BLE001 - a broken study is marked on its row, the others as usual
+            raw = live.raw_spec()
+            return _row(name, trainable=str(raw.get("trainable") or ""), error=one_line(e, 300),
+                        updated_ns=_mtime(live.dir))  # fmt: skip
+        total = max(sum(counts.values()), spec.n_trials())
+        best, mean_wall = _from_state(live, spec)
+        updated = max([*[(file_key(p) or (0, 0))[1] for p in state], _mtime(live.dir)])
+        row = _row(
+            name, trainable=spec.trainable, data_source=spec.data.source, counts=counts, total=total,
+            updated_ns=updated, metric=spec.metric, mode=spec.mode, best=best,
+            smoke=spec.name.endswith("-smoke") and spec.search.grid == "cover",
+            claims=_claim_counts(live), eta_s=_eta(mean_wall, counts, total),
+        )  # fmt: skip
+        return row
+
+
+def _row(name: str, *, trainable: str = "", data_source: str = "", counts: dict | None = None, total: int = 0,
+         updated_ns: int = 0, metric: str = "", mode: str = "", best: float | None = None, smoke: bool = False,
+         claims: dict | None = None, eta_s: float | None = None, error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    counts = dict(counts or {})
+    running = sum(counts.get(s, 0) for s in UNFINISHED)
+    failed = sum(counts.get(s, 0) for s in ("ERROR", "DIVERGED", "MISSING"))
+    done = sum(counts.values()) - running
+    return {
+        "name": name,
+        "trainable": trainable,
+        "data_source": data_source,
+        "status": study_status(counts, error, total),
+        "trials_done": done,
+        "trials_running": running,
+        "trials_failed": failed,
+        "trials_total": max(total, sum(counts.values())),
+        "updated": iso(updated_ns),
+        "counts": counts,
+        "metric": metric,
+        "mode": mode,
+        "best": best,
+        "eta_s": eta_s,
+        "claims": claims or {},
+        "smoke": smoke,
+        "error": error,
+    }
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _from_state(live: LiveStudy, spec: Any) -> tuple[float | None, float | None]:
+    """(best value of the study's metric so far, mean wall time of a finished trial) over the
+    trials' last results in the saved state (no result file read)."""
+    import math
+
+    try:
+        entries = live._trials_state()
+    except Exception:  # noqa: BLE001 - the counts already said why
+        return None, None
+    values, walls = [], []
+    for t in entries:
+        if t["status"] != "TERMINATED":
+            continue
+        last = t["meta"].get("last_result") or {}
+        v, w = last.get(spec.metric), last.get("time_total_s")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            values.append(float(v))
+        if isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w):
+            walls.append(float(w))
+    best = (max(values) if spec.mode == "max" else min(values)) if values else None
+    return best, (sum(walls) / len(walls) if walls else None)
+
+
+def _claim_counts(live: LiveStudy) -> dict[str, int]:
+    """Claims per verdict: of the live report when the explorer built one, else of
+    ``results/claims.parquet`` (written by `study report`)."""
+    from analysis.claims import claim_summary
+
+    claims = live.claims
+    if claims is None:
+        path = results_dir(live.dir) / "claims.parquet"
+        if not path.is_file():
+            return {}
+        try:
+            import pandas as pd
+
+            claims = pd.read_parquet(path)
+        except Exception:  # noqa: BLE001 - a damaged table: no counts
+            return {}
+    if claims is None or claims.empty or "claim" not in claims:
+        return {}
+    verdicts = claim_summary(claims)["verdict"].value_counts()
+    return {str(k): int(v) for k, v in verdicts.items()}
+
+
+def _eta(mean_wall: float | None, counts: dict[str, int], total: int) -> float | None:
+    """Seconds left: trials to go x the mean wall time of a finished one / trials running at once."""
+    running = sum(counts.get(s, 0) for s in UNFINISHED)
+    left = total - (sum(counts.values()) - running)
+    if left <= 0:
+        return 0.0 if counts else None
+    if mean_wall is None:
+        return None
+    return float(mean_wall * left / max(1, counts.get("RUNNING", 0)))

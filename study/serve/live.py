@@ -1,0 +1,496 @@
+"""Live, read-only reading of the studies in a storage, for `study serve`.
+
+A study is read from the files `study status` and `study report` read (``spec.yaml``, Tune's
+``experiment_state-*.json``, each trial's ``result.json``), never written, locked or unpickled.
+Each file is read again only when its (size, mtime_ns) changed, and a trial's ``result.json``
+only from the end of its last complete line (a file that shrank or whose first bytes changed is
+read from the start). `LiveStudy.snapshot` gives the trials table the way
+`study.results.collect` builds it (checked against it in tests/serve/test_live.py), plus counts,
+progress and the time of the last change; `LiveStudy.results` gives the `StudyResults` the report
+functions take, through the same Parquet files `study report` writes, written into a private
+directory outside the storage.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import stat
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from core.errors import UserError, one_line
+from core.layout import EXPERIMENT_STATE_GLOB, RESULT_FILE, SPEC_FILE, results_dir
+from core.status import STATUSES, UNFINISHED
+from study.trial_rows import TrialRows, num, summarise
+
+FileKey = tuple[int, int]  # (size, mtime_ns)
+HEAD_BYTES = 64  # first bytes of a result file: if they change, the file was rewritten
+
+
+def file_key(path: Path) -> FileKey | None:
+    """(size, mtime_ns) of a regular file, None when it is missing or not a file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+def iso(ns: int | float | None) -> str | None:
+    """An mtime (ns since the epoch) as ISO 8601 UTC, e.g. ``2026-01-01T12:00:00+00:00``."""
+    if not ns:
+        return None
+    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# one result.json, read by offset
+
+
+def parse_lines(chunk: bytes) -> list[dict]:
+    """The rows of a chunk of JSON lines, as `study.trial_rows.read_jsonl` reads them (one parse of
+    all lines; a line cut by a crash is skipped)."""
+    text = chunk.decode("utf-8", errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    try:
+        rows = json.loads("[" + ",".join(lines) + "]")
+        if all(isinstance(r, dict) for r in rows):
+            return rows
+    except ValueError:
+        pass
+    out = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out
+
+
+def extend(base: TrialRows, rows: list[dict]) -> TrialRows | None:
+    """`base` with later rows appended, equal to `summarise` of all the rows; None when the new rows
+    report an epoch `base` already has (a resumed trial: the caller reads the file again)."""
+    new = summarise(rows)
+    if not new.epochs:
+        return base
+    if not base.epochs:
+        return new
+    if new.epochs[0] <= base.epochs[-1]:
+        return None
+    names = sorted(set(base.metrics) | set(new.metrics))
+    nb, nn = len(base.epochs), len(new.epochs)
+
+    def col(rows_of: TrialRows, name: str, n: int) -> np.ndarray:
+        return rows_of.metrics.get(name, np.full(n, np.nan))
+
+    return TrialRows(
+        epochs=[*base.epochs, *new.epochs],
+        times=np.concatenate([base.times, new.times]),
+        diverged=np.concatenate([base.diverged, new.diverged]),
+        metrics={m: np.concatenate([col(base, m, nb), col(new, m, nn)]) for m in names},
+        last=new.last,
+    )
+
+
+class ResultFile:
+    """A trial's ``result.json``, read incrementally. `read` returns its `TrialRows`."""
+
+    __slots__ = ("key", "offset", "head", "done", "view", "reads")
+
+    def __init__(self) -> None:
+        self.key: FileKey | None = None
+        self.offset = 0  # bytes of complete lines consumed
+        self.head = b""
+        self.done = TrialRows()  # rows of the consumed lines
+        self.view = TrialRows()  # done + a last line without its newline yet (if it parses)
+        self.reads = 0  # bytes read so far (tests and the benchmark check reading is incremental)
+
+    def read(self, path: Path) -> TrialRows:
+        key = file_key(path)
+        if key == self.key:
+            return self.view
+        self.key = key
+        if key is None:
+            self.offset, self.head, self.done, self.view = 0, b"", TrialRows(), TrialRows()
+            return self.view
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEAD_BYTES)
+                if key[0] < self.offset or head[: len(self.head)] != self.head:
+                    self.offset, self.done = 0, TrialRows()  # rewritten: from the start
+                f.seek(self.offset)
+                data = f.read()
+                self.reads += len(data)
+                cut = data.rfind(b"\n") + 1
+                done = extend(self.done, parse_lines(data[:cut]))
+                tail = parse_lines(data[cut:]) if cut < len(data) else []
+                if done is None:  # an epoch reported again: the whole file, read once more
+                    f.seek(0)
+                    data = f.read()
+                    self.reads += len(data)
+                    cut = data.rfind(b"\n") + 1
+                    done = summarise(parse_lines(data[:cut]))
+                    tail = parse_lines(data[cut:]) if cut < len(data) else []
+                    self.offset = 0
+        except OSError:
+            self.key, self.offset, self.head, self.done, self.view = None, 0, b"", TrialRows(), TrialRows()
+            return self.view
+        self.offset += cut
+        self.head = head if self.offset else b""
+        self.done = done
+        view = extend(done, tail) if tail else done
+        self.view = view if view is not None else summarise([*_rows_of(path)])
+        return self.view
+
+
+def _rows_of(path: Path) -> list[dict]:
+    try:
+        return parse_lines(Path(path).read_bytes())
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# one study
+
+
+@dataclass
+class Snapshot:
+    """A study as its files are now.
+
+    Args:
+        version: changes whenever a file the study is read from changed.
+        trials: the trials table (`study.results.collect`'s, plus ``data_source``).
+        counts: trials per status.
+        total: trials the study will have (the spec's count, or more if the state has more).
+        updated_ns: newest mtime of the state and result files.
+        error: why the study cannot be read (then the tables are empty), None when it can.
+        notes: what was passed over (a corrupt newer state file).
+    """
+
+    version: str
+    trials: pd.DataFrame
+    counts: dict[str, int]
+    total: int
+    updated_ns: int
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``broken``, ``running``, ``partly failed``, ``complete`` or ``empty``."""
+        return study_status(self.counts, self.error, self.total)
+
+
+def study_status(counts: dict[str, int], error: str | None, total: int) -> str:
+    """One word for a study's state (see `Snapshot.status`)."""
+    if error:
+        return "broken"
+    done = sum(n for s, n in counts.items() if s not in UNFINISHED)
+    if any(counts.get(s) for s in UNFINISHED) or (0 < done < total):
+        return "running"
+    if not counts:
+        return "empty"
+    if any(counts.get(s) for s in ("ERROR", "DIVERGED", "MISSING")):
+        return "partly failed"
+    return "complete"
+
+
+class LiveStudy:
+    """One study of a storage, read incrementally; thread-safe (one refresh at a time)."""
+
+    def __init__(self, name: str, study_dir: Path, work_dir: Path) -> None:
+        self.name = name
+        self.dir = Path(study_dir)
+        self.work_dir = Path(work_dir)  # private, outside the storage: the Parquet round trip
+        self.lock = threading.RLock()
+        self._build_lock = threading.Lock()
+        self._spec_key: Any = ()
+        self._spec: Any = None
+        self._raw: dict[str, Any] = {}
+        self._state_key: Any = ()
+        self._state: list[dict] = []
+        self._state_notes: list[str] = []
+        self._files: dict[str, ResultFile] = {}
+        self._rows: dict[str, tuple[Any, dict, TrialRows]] = {}
+        self._packs: dict[str, tuple[Any, list[dict]]] = {}
+        self._snapshot: Snapshot | None = None
+        self._entries: dict[str, dict] = {}
+        self._results: tuple[str, Any] | None = None
+        self._epochs: tuple[str, pd.DataFrame] | None = None
+        self.claims: pd.DataFrame | None = None  # the claims table of the last report built (index counts)
+
+    # -- the spec and the state, each read again only when its file changed
+
+    def spec(self) -> Any:
+        """The study's `study.spec.Spec` (`UserError` when spec.yaml is missing or invalid)."""
+        from study.spec import load_spec
+
+        path = self.dir / SPEC_FILE
+        key = file_key(path)
+        if key != self._spec_key:
+            self._spec, self._raw, self._spec_key = None, {}, key
+            try:
+                self._raw = yaml.safe_load(path.read_text()) if key else {}
+            except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+                self._spec = UserError(f"{path}: cannot be read ({one_line(e, 200)})")
+            else:
+                try:
+                    self._spec = load_spec(path)
+                except UserError as e:
+                    self._spec = e
+                except Exception as e:  # noqa: BLE001 - a hostile spec is one line on its row, never a crash
+                    self._spec = UserError(f"{path}: {one_line(e, 200)}")
+        if isinstance(self._spec, UserError):
+            raise self._spec
+        return self._spec
+
+    def raw_spec(self) -> dict[str, Any]:
+        return self._raw if isinstance(self._raw, dict) else {}
+
+    def _trials_state(self) -> list[dict]:
+        """[{trial_id, status, config, logdir, meta}] as `study.results` reads them (packs expanded)."""
+        from study import tune_state
+
+        files = sorted(self.dir.glob(EXPERIMENT_STATE_GLOB))
+        backup = sorted((self.dir / tune_state.BACKUP_DIR).glob(EXPERIMENT_STATE_GLOB))
+        key = tuple((p.name, file_key(p)) for p in [*files, *backup])
+        if key != self._state_key:
+            latest = tune_state.read_latest(self.dir)
+            if latest.path is None and latest.skipped:
+                raise tune_state.StateError(latest.skipped[0][1])
+            if latest.path is None and any(self.dir.glob(f"trial_*/{RESULT_FILE}")):
+                raise tune_state.StateError(
+                    f"{self.dir}: no {EXPERIMENT_STATE_GLOB} (Tune's saved state) although trials have results: "
+                    "the state was deleted; the trials cannot be told apart from leftovers"
+                )
+            self._state = [
+                {"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir,
+                 "meta": {"num_failures": t.num_failures, "last_result": t.last_result,
+                          "error_filename": t.error_filename}}
+                for t in latest.trials
+            ]  # fmt: skip
+            self._state_notes = [one_line(why, 300) for _, why in latest.skipped]
+            self._state_key = key
+        return self._expand(self._state)
+
+    def _expand(self, entries: list[dict]) -> list[dict]:
+        from study.shapes import expand_packs
+
+        out = []
+        for t in entries:
+            if not isinstance(t["config"].get("__pack__"), dict):
+                out.append(t)
+                continue
+            key = (t["status"], t["meta"]["num_failures"], file_key(self.dir / t["logdir"] / RESULT_FILE))
+            cached = self._packs.get(t["trial_id"])
+            if cached is None or cached[0] != key:
+                cached = (key, expand_packs(self.dir, [t]))
+                self._packs[t["trial_id"]] = cached
+            out += cached[1]
+        return out
+
+    # -- the trials table
+
+    def snapshot(self) -> Snapshot:
+        """The study now; reads only what changed since the last call."""
+        with self.lock:
+            try:
+                snap = self._read()
+            except Exception as e:  # noqa: BLE001 - a damaged study is shown as such, the rest works
+                snap = Snapshot(f"error:{one_line(e, 300)}", pd.DataFrame(), {}, 0, self._mtime(), one_line(e, 500))
+            self._snapshot = snap
+            return snap
+
+    def _mtime(self) -> int:
+        try:
+            return os.stat(self.dir).st_mtime_ns
+        except OSError:
+            return 0
+
+    def _read(self) -> Snapshot:
+        from study.results import final_status, hyperparameter_columns, missing_data
+        from trainables import get_family
+
+        spec = self.spec()
+        entries = self._trials_state()
+        hp_cols = hyperparameter_columns(spec)
+        epochs_default = get_family(spec.trainable).all_defaults["epochs"]
+        scheduler = spec.scheduler.type != "none"
+        rows, seen, newest = [], set(), max([k[1][1] for k in self._state_key if k[1]] or [0])
+        self._entries = {t["trial_id"]: t for t in entries}
+        for t in entries:
+            tid = t["trial_id"]
+            seen.add(tid)
+            trial_dir = self.dir / t["logdir"]
+            if "rows" in t:  # a pack member: its rows come with it
+                rf_key: Any = ("pack", id(t["rows"]))
+                summary = None
+            else:
+                rf = self._files.setdefault(tid, ResultFile())
+                summary = rf.read(trial_dir / RESULT_FILE)
+                rf_key = rf.key
+                if rf.key:
+                    newest = max(newest, rf.key[1])
+            sig = (t["status"], t["meta"]["num_failures"], t["meta"]["error_filename"], rf_key, id(summary))
+            cached = self._rows.get(tid)
+            if cached is not None and cached[0] == sig:
+                rows.append(cached[1])
+                continue
+            if summary is None:
+                summary = summarise(t["rows"])
+            row = _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir,
+                             final_status, missing_data)  # fmt: skip
+            self._rows[tid] = (sig, row, summary)
+            rows.append(row)
+        for gone in set(self._rows) - seen:
+            self._rows.pop(gone, None)
+            self._files.pop(gone, None)
+        rows.sort(key=lambda r: r["trial_id"])
+        trials = pd.DataFrame(rows) if rows else pd.DataFrame(
+            columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
+        )
+        counts = {s: int(n) for s, n in trials["status"].value_counts().items()} if len(trials) else {}
+        counts = {s: counts[s] for s in STATUSES if s in counts} | {s: n for s, n in counts.items() if s not in STATUSES}
+        version = f"{self._spec_key}|{self._state_key}|" + "|".join(
+            f"{tid}:{self._rows[tid][0][3]}" for tid in sorted(seen)
+        )
+        digest = hashlib.blake2b(version.encode(), digest_size=10).hexdigest()
+        total = max(len(trials), spec.n_trials())
+        return Snapshot(digest, trials, counts, total, newest or self._mtime(), None, list(self._state_notes))
+
+    def config(self, trial_id: str) -> dict[str, Any]:
+        """A trial's config as the saved state records it ({} when unknown)."""
+        entry = self._entries.get(trial_id)
+        return dict(entry["config"]) if entry else {}
+
+    def trial_dir(self, trial_id: str) -> Path | None:
+        """A trial's directory (None when the state does not know the trial)."""
+        entry = self._entries.get(trial_id)
+        return self.dir / entry["logdir"] if entry else None
+
+    def summary(self, trial_id: str) -> TrialRows | None:
+        """The `TrialRows` of one trial as of the last snapshot."""
+        cached = self._rows.get(trial_id)
+        return cached[2] if cached else None
+
+    def epochs(self) -> pd.DataFrame:
+        """The per-epoch table (`collect`'s second table) of the last snapshot."""
+        with self.lock:
+            snap = self._snapshot or self.snapshot()
+            if self._epochs and self._epochs[0] == snap.version:
+                return self._epochs[1]
+            ids = list(snap.trials["trial_id"]) if len(snap.trials) else []
+            frame = _epochs_frame([(tid, self._rows[tid][2]) for tid in ids if tid in self._rows])
+            self._epochs = (snap.version, frame)
+            return frame
+
+    def results(self) -> Any:
+        """`analysis.load.StudyResults` of the last snapshot, through the Parquet files `study report`
+        reads (`study.results.write_results` into a private directory, then `analysis.load.load_study`)."""
+        from analysis.load import load_study
+        from study.results import write_results
+
+        with self.lock:
+            snap = self._snapshot or self.snapshot()
+            if snap.error:
+                raise UserError(snap.error)
+            if self._results and self._results[0] == snap.version:
+                return self._results[1]
+            spec = self.spec()
+            trials = snap.trials.drop(columns=["data_source"], errors="ignore")
+            epochs = self.epochs()
+        with self._build_lock:  # the Parquet round trip, without holding up snapshots
+            mirror = self.work_dir / "study"
+            mirror.mkdir(parents=True, exist_ok=True)
+            for name in (SPEC_FILE, "spec_file.txt"):
+                if (self.dir / name).is_file():
+                    shutil.copyfile(self.dir / name, mirror / name)
+            write_results(mirror, spec, trials, epochs)
+            results = load_study(mirror)
+        self._results = (snap.version, results)
+        return results
+
+    def results_dir(self) -> Path:
+        return results_dir(self.dir)
+
+
+def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, final_status, missing_data) -> dict:
+    """One row of the trials table, by `study.results.collect`'s rules."""
+    from analysis.load import default_mode
+    from study.results import error_line
+
+    finals: dict[str, float] = {}
+    bests: dict[str, float] = {}
+    for m, vals in summary.metrics.items():
+        arr = vals[np.isfinite(vals)]
+        mode = spec.mode if m == spec.metric else default_mode(m)
+        finals[m] = float(arr[-1]) if arr.size else math.nan
+        bests[m] = (float(arr.min() if mode == "min" else arr.max())) if arr.size else math.nan
+    last = summary.last
+    config = t["config"]
+    n_epochs = config.get("epochs", epochs_default)
+    status = final_status(t["status"], last, n_epochs, scheduler=scheduler)
+    missing = missing_data(trial_dir, t["status"], [{"epoch": e} for e in summary.epochs], n_epochs, status)
+    if missing and status != "ERROR":
+        status = "MISSING"
+    row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
+    for c in hp_cols:
+        v = config.get(c)
+        row[c] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    row["seed"] = config.get("seed")
+    if row["seed"] is None and "__trial_index__" in config:
+        row["seed"] = spec.seed_list[int(config["__trial_index__"])]
+    for m in summary.metrics:
+        row[f"final_{m}"] = finals[m]
+        row[f"best_{m}"] = bests[m]
+    row["params"] = last.get("params")
+    row["epochs_done"] = int(last.get("epoch", 0)) if last else 0
+    row["wall_time_s"] = num(last.get("time_total_s")) if last else 0.0
+    row["num_failures"] = int(t["meta"].get("num_failures", 0) or 0)
+    err = error_line(trial_dir / (t["meta"].get("error_filename") or "error.txt")) if status == "ERROR" else None
+    row["error"] = missing or err or (last.get("error") if status == "DIVERGED" else None)
+    return row
+
+
+def _epochs_frame(parts: list[tuple[str, TrialRows]]) -> pd.DataFrame:
+    """The per-epoch table of trials' `TrialRows`, column by column as `collect` builds it."""
+    parts = [(tid, s) for tid, s in parts if s.epochs]
+    if not parts:
+        return pd.DataFrame(columns=["trial_id", "epoch", "time_total_s", "diverged"])
+    cols: dict[str, None] = dict.fromkeys(["trial_id", "epoch", *parts[0][1].metrics, "time_total_s", "diverged"])
+    for _, s in parts[1:]:
+        cols.update(dict.fromkeys(s.metrics))
+    counts = [len(s.epochs) for _, s in parts]
+    total = sum(counts)
+    columns: dict[str, Any] = {
+        "trial_id": np.repeat(np.array([tid for tid, _ in parts], dtype=object), counts),
+        "epoch": np.asarray([e for _, s in parts for e in s.epochs], dtype=np.int64),
+        "time_total_s": np.concatenate([s.times for _, s in parts]),
+        "diverged": np.concatenate([s.diverged for _, s in parts]),
+    }
+    offset = 0
+    metric_cols = {c: np.full(total, np.nan) for c in cols if c not in columns}
+    for _, s in parts:
+        n = len(s.epochs)
+        for m, vals in s.metrics.items():
+            metric_cols[m][offset : offset + n] = vals
+        offset += n
+    columns.update(metric_cols)
+    return pd.DataFrame({c: columns[c] for c in cols})
+
