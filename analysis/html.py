@@ -8,7 +8,6 @@ so the file opens offline with no CDN and no server.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -17,9 +16,14 @@ from typing import Any
 import pandas as pd
 import plotly.offline
 
-from analysis.load import STATUSES, UNFINISHED, StudyMeta
-from analysis.plots import FigureItem, is_fraction
-from analysis.tables import config_label, format_value
+from analysis.assemble import headline
+from analysis.format import config_label, esc, fmt_ci, fmt_diff, fmt_duration, fmt_metric, fmt_p, missing
+from analysis.importance import importance_note
+from analysis.load import StudyMeta
+from analysis.plots import FigureItem
+from core.status import STATUSES, UNFINISHED
+
+__all__ = ["esc", "fmt_ci", "fmt_diff", "fmt_duration", "fmt_metric", "fmt_p"]  # re-exported: analysis.format
 
 SCORECARD_LINK = "../../scorecard.html"  # from STORAGE/NAME/results/report.html to STORAGE/scorecard.html
 MAX_FAILURE_ROWS = 200  # failed/diverged trials listed in the report (all are in trials.parquet)
@@ -79,6 +83,10 @@ footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
 .verdict.good { color: var(--ok); background: #dff2e5; } .verdict.bad { color: var(--bad); background: #f9d3d1; }
 .verdict.open { color: var(--warn); background: #fff0d6; } .verdict.ref { color: var(--muted); background: #e9edf2; }
 .quote { font-style: italic; color: var(--muted); }
+.flag { color: var(--warn); font-size: 12px; }
+.headline { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px; margin: 8px 0; }
+.headline ul { margin: 4px 0 2px; padding-left: 20px; }
+.scroll { max-width: 100%; }
 """
 
 
@@ -89,56 +97,16 @@ RESIZE_JS = (
 )
 
 
-def esc(value: Any) -> str:
-    """HTML-escaped text of any value (the only way spec and result text enters the page)."""
-    return html.escape(value if isinstance(value, str) else format_value(value))
+def unit_of(meta: StudyMeta, metric: str) -> str | None:
+    """The declared unit of a study's metric, None when undeclared (shown raw)."""
+    m = meta.semantics.get(metric)
+    return m.unit if m is not None else None
 
 
-def fmt_metric(value: Any, metric: str) -> str:
-    """A metric value: percentage with 2 decimals for fractions, whole numbers >= 10,000 with
-    thousands separators (parameter counts), else 4 significant digits."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
-        return "—"
-    v = float(value)
-    if is_fraction(metric):
-        return f"{100 * v:.2f}%"
-    return f"{v:,.0f}" if abs(v) >= 1e4 and v == round(v) else f"{v:.4g}"
-
-
-def fmt_diff(value: Any, metric: str) -> str:
-    """A difference of metric values: percentage points for fractions."""
-    if value is None or pd.isna(value):
-        return "—"
-    v = float(value)
-    if is_fraction(metric):
-        return f"{100 * v:+.2f} pp"
-    return f"{v:+,.0f}" if abs(v) >= 1e4 and v == round(v) else f"{v:+.4g}"
-
-
-def fmt_ci(lo: Any, hi: Any, metric: str) -> str:
-    """``[lo, hi]`` or a dash when there is no interval (fewer than 2 repeats)."""
-    if pd.isna(lo) or pd.isna(hi):
-        return "—"
-    return f"[{fmt_metric(lo, metric)}, {fmt_metric(hi, metric)}]"
-
-
-def fmt_duration(seconds: float) -> str:
-    """``3 h 05 min``, ``4 min 10 s`` or ``12.3 s``."""
-    if seconds is None or pd.isna(seconds):
-        return "—"
-    s = float(seconds)
-    if s >= 3600:
-        return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
-    if s >= 60:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
-    return f"{s:.1f} s"
-
-
-def fmt_p(p: Any) -> str:
-    """A p-value with 2 significant digits (``< 1e-4`` below that)."""
-    if p is None or pd.isna(p):
-        return "—"
-    return "< 1e-4" if p < 1e-4 else f"{p:.2g}"
+def _u(r: Mapping[str, Any]) -> str | None:
+    """The unit column of a paper / claim row (None when undeclared)."""
+    u = r.get("unit")
+    return None if missing(u) or not u else str(u)
 
 
 Column = tuple[str, Callable[[Mapping[str, Any]], str], bool]  # (header, cell text already escaped, numeric)
@@ -228,8 +196,11 @@ def _unfinished_text(counts: Mapping[str, int]) -> str:
     return ", ".join(parts)
 
 
-def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, sections: Sequence[str]) -> str:
-    """Study name and description, facts, trial counts by status, compute time, section links."""
+def header_html(
+    meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, sections: Sequence[str], headline: Sequence[str] = ()
+) -> str:
+    """Study name and description, the headline, facts, trial counts by status, compute time,
+    section links."""
     counts = status_counts(trials)
     wall = pd.to_numeric(trials.get("wall_time_s", pd.Series(dtype=float)), errors="coerce")
     facts = [
@@ -237,6 +208,8 @@ def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, section
         ("Trainable", esc(meta.trainable) or "—"),
         ("Data source", esc(meta.data_source) or "—"),
         ("Ranked by", f"final {esc(meta.metric)} ({'higher' if meta.mode == 'max' else 'lower'} is better)"),
+        ("Declared metrics", esc(", ".join(f"{k} ({m.unit}, {m.direction})" for k, m in meta.semantics.items()))
+         or "none: every metric is shown raw, without verdicts that need a unit"),
         ("Searched", esc(", ".join(meta.searched)) or "—"),
         ("Trials", " ".join(f'<span class="pill {esc(s)}">{esc(s)} {n}</span>' for s, n in counts.items())),
         (
@@ -250,12 +223,22 @@ def header_html(meta: StudyMeta, trials: pd.DataFrame, epochs_rows: int, section
     ]
     if meta.paper and meta.paper.get("citation"):
         facts.append(("Paper", esc(meta.paper["citation"])))
+    if meta.overrides:
+        facts.append(("Overrides", esc(", ".join(meta.overrides))))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     titles = dict(SECTIONS)
     nav = "".join(f'<a href="#{s}">{esc(titles[s])}</a>' for s in sections)
     desc = f'<p class="desc">{esc(meta.description)}</p>' if meta.description else ""
+    smoke = (
+        '<div class="banner warn"><b>Smoke run</b>: tiny data and one epoch, to check that the study runs; '
+        "its numbers say nothing about the paper.</div>"
+        if meta.smoke
+        else ""
+    )
+    found = "".join(f"<li>{esc(line)}</li>" for line in headline)
+    found = f'<div class="headline"><b>What this study found</b><ul>{found}</ul></div>' if found else ""
     return (
-        f"<header><h1>Study report: {esc(meta.name)}</h1>{desc}{state_banner(counts)}"
+        f"<header><h1>Study report: {esc(meta.name)}</h1>{desc}{smoke}{found}{state_banner(counts)}"
         f'<dl class="facts">{dl}</dl><nav>{nav}</nav></header>'
     )
 
@@ -269,6 +252,8 @@ VERDICT_CLASS = {
     "CI too wide to tell": "open",
     "reference only": "ref",
     "no trials": "ref",
+    "not judged": "ref",
+    "mixed": "bad",
 }
 
 
@@ -282,18 +267,18 @@ def verdict_html(verdict: Any, title: str = "") -> str:
 
 
 def _paper_verdict(r: Mapping[str, Any]) -> str:
-    """The verdict of a paper row, with its tolerance (hover: the rule)."""
+    """The verdict of a paper row, with its tolerance rule and flags beside it."""
     verdict = r.get("verdict")
-    if verdict is None or pd.isna(verdict):
+    if missing(verdict):
         return "—"
-    tol = r.get("tolerance")
-    shown = (
-        ""
-        if tol is None or pd.isna(tol) or verdict in ("reference only", "no trials")
-        else (f' <span class="note">(± {fmt_diff(tol, r["metric"]).lstrip("+")})</span>')
-    )
-    rule = "reproduced: the whole 95% CI within paper ± tolerance; not reproduced: wholly outside; else too wide"
-    return verdict_html(verdict, rule) + shown
+    rule = "" if missing(r.get("rule")) else str(r.get("rule") or "")
+    band = ""
+    if rule and not missing(r.get("band_lo")):
+        band = f"{fmt_metric(r['band_lo'], _u(r))} to {fmt_metric(r['band_hi'], _u(r))}"
+    shown = f'<br><span class="note">{esc(rule)}{": " + band if band else ""}</span>' if rule else ""
+    flags = "" if missing(r.get("flags")) or not r.get("flags") else f'<br><span class="flag">⚑ {esc(r["flags"])}</span>'
+    hover = "reproduced: the whole 95% CI within the band; not reproduced: wholly outside; else too wide"
+    return verdict_html(verdict, hover) + shown + flags
 
 
 def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
@@ -307,19 +292,21 @@ def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
         return '<span class="yes">yes</span>' if r["in_ci"] else '<span class="no">no</span>'
 
     def paper_value(r: Mapping[str, Any]) -> str:
-        std = "" if pd.isna(r["paper_std"]) else f" ± {fmt_metric(r['paper_std'], r['metric'])}"
-        return fmt_metric(r["paper_value"], r["metric"]) + std
+        std = "" if missing(r["paper_std"]) else f" ± {fmt_metric(r['paper_std'], _u(r))}"
+        printed = r.get("paper_printed")
+        shown = esc(printed) if isinstance(printed, str) and printed else fmt_metric(r["paper_value"], _u(r))
+        return shown + std
 
     columns: list[Column] = [
         ("Result", lambda r: esc(r["label"]), False),
         ("Where", lambda r: esc(r["where"]), False),
         ("Metric", lambda r: esc(r["metric"]), False),
         ("Paper", paper_value, True),
-        ("Reproduced mean", lambda r: fmt_metric(r["mean"], r["metric"]), True),
-        ("± std", lambda r: fmt_metric(r["std"], r["metric"]), True),
-        ("95% CI", lambda r: fmt_ci(r["ci_lo"], r["ci_hi"], r["metric"]), True),
-        ("n", lambda r: esc(r["n"]), True),
-        ("Reproduced − paper", lambda r: fmt_diff(r["diff"], r["metric"]), True),
+        ("Reproduced mean", lambda r: fmt_metric(r["mean"], _u(r)), True),
+        ("± std", lambda r: fmt_metric(r["std"], _u(r)), True),
+        ("95% CI", lambda r: fmt_ci(r["ci_lo"], r["ci_hi"], _u(r)), True),
+        ("n (seeds)", lambda r: esc(r["n"]), True),
+        ("Reproduced − paper", lambda r: fmt_diff(r["diff"], _u(r)), True),
         ("Paper in CI", in_ci, False),
         ("Verdict", _paper_verdict, False),
         ("Measured on", lambda r: esc(r.get("dataset", "")) or "—", False),
@@ -342,14 +329,16 @@ def paper_html(paper: pd.DataFrame, *, compact: bool = False) -> str:
         sources = ", ".join(sorted({str(d) for d in reference["dataset"]}))
         html += (
             f'<p class="note"><b>Reference only</b>: {len(reference)} number(s) were measured on {esc(sources)}, '
-            "not on this study's data source, so they get no reproduced verdict (and no paper-in-CI mark): "
-            "a number only reproduces on the data it was measured on.</p>"
+            "not on this study's data source (a stand-in), so they get no reproduced verdict (and no paper-in-CI "
+            "mark); the distance to the paper is shown. A number only reproduces on the data it was measured on.</p>"
         )
     return html + (
-        '<p class="note">Verdict: <i>reproduced within tolerance</i> when the whole 95% CI lies within the '
-        "paper's value ± the tolerance (the row's <code>tolerance</code>, else the paper's std, else 3 points); "
-        "<i>not reproduced</i> when it lies wholly outside; <i>CI too wide to tell</i> otherwise (more seeds "
-        "would tell). CIs of accuracies are clipped to [0, 100%].</p>"
+        '<p class="note">Verdict: <i>reproduced within tolerance</i> when the whole 95% CI over seeds lies in '
+        "the band the row's tolerance rule gives (shown under each verdict: the row's <code>tolerance</code>, "
+        "else the default rule of the metric's unit); <i>not reproduced</i> when it lies wholly outside; "
+        "<i>CI too wide to tell</i> otherwise (more seeds would tell). Deterministic metrics (counts) are "
+        "judged on their single value. CIs are clipped to the unit's bounds only. ⚑ flags: trials left out, "
+        "overrides, recipe differences.</p>"
     )
 
 
@@ -367,21 +356,36 @@ def claims_html(claims: pd.DataFrame, *, scorecard: str | None = None) -> str:
     html = table_html(summary.to_dict("records"), columns)
     multi = claims[claims.groupby("claim")["claim"].transform("size") > 1]
     if len(multi):
-        level_columns = [c for c in columns if c[0] not in ("Claim", "Levels")]
+        level_columns = [c for c in columns if c[0] not in ("Claim", "Levels")] + paired_columns()
         level_columns.insert(0, ("Claim / level", lambda r: f"{esc(r['label'])}<br><b>{esc(r['level'])}</b>", False))
         html += (
             f"<details><summary>Every level of the claims tested within levels ({len(multi)} tests)</summary>"
             f"{table_html(multi.to_dict('records'), level_columns)}</details>"
         )
+    single = claims[claims.groupby("claim")["claim"].transform("size") == 1]
+    if len(single) and single["n_paired"].fillna(0).ge(2).any():
+        cols = [("Claim", lambda r: esc(r["label"]), False)] + paired_columns()
+        html += (
+            "<details><summary>Paired t-tests where the seeds match across groups (not the verdict)</summary>"
+            f"{table_html(single.to_dict('records'), cols)}</details>"
+        )
     link = f' Every study in this storage: <a href="{esc(scorecard)}">scorecard</a>.' if scorecard else ""
     return html + (
-        '<p class="note">Each claim compares group a with group b on the final metric (per seed, the mean over '
-        "the group's configurations): difference a − b, its 95% CI (Welch, not adjusted for multiple tests: "
-        "with several claims a CI that excludes 0 can still be <i>inconclusive</i>), Cohen's d, Welch's p and "
-        f"Holm's correction over the {len(claims)} test(s) of this study. <i>supported</i>: significant after "
-        "correction in the claimed direction; <i>contradicted</i>: in the other; <i>inconclusive</i> otherwise "
-        f"(the note says why). A claim tested within levels is supported only if every level is.{link}</p>"
+        '<p class="note">Each claim compares group a with group b on the final metric over seeds (per seed, '
+        "the mean over the group's configurations): difference a − b with its unadjusted 95% Welch CI and "
+        f"its Holm-adjusted CI (at the level shown, so that it excludes 0 exactly when the verdict is "
+        f"significant), Hedges' g with its 95% CI, Welch's p and Holm's correction over the {len(claims)} "
+        "test(s) of this study (family-wise α = 0.05; a directional verdict has an effective one-sided level "
+        "of 0.025). <i>supported</i>: significant after correction in the claimed direction; "
+        "<i>contradicted</i>: in the other; <i>mixed</i>: levels disagree; <i>inconclusive</i> otherwise (the "
+        "note says why, and how many seeds per group would detect the observed difference at 80% power). "
+        "Equivalence claims use TOST at their margin. Every seed giving the same value in both groups (3 or "
+        f"more seeds each) is an exact difference, judged by its sign.{link}</p>"
     )
+
+
+def _signed_ci(lo: Any, hi: Any, r: Mapping[str, Any]) -> str:
+    return fmt_ci(lo, hi, _u(r), diff=True)
 
 
 def claim_columns() -> list[Column]:
@@ -392,15 +396,29 @@ def claim_columns() -> list[Column]:
         return f"<b>{esc(r['label'])}</b>{quote}"
 
     def groups(r: Mapping[str, Any]) -> str:
-        sign = "&gt;" if r["direction"] == "greater" else "&lt;"
+        if r.get("kind") == "equivalence":
+            sign = f"≈ (±{esc(r['margin'])})"
+        else:
+            sign = "&gt;" if r["direction"] == "greater" else "&lt;"
         where = f"<br>where {esc(r['where'])}" if r.get("where") else ""
         within = f"<br>within each {esc(r['within'])}" if r.get("within") else ""
         return f"{esc(r['a'])} {sign} {esc(r['b'])}{where}{within}"
 
-    def ci(r: Mapping[str, Any]) -> str:
-        if pd.isna(r["ci_lo"]):
+    def adjusted(r: Mapping[str, Any]) -> str:
+        if missing(r.get("adj_ci_lo")):
             return "—"
-        return f"[{fmt_diff(r['ci_lo'], r['metric'])}, {fmt_diff(r['ci_hi'], r['metric'])}]"
+        return f"{_signed_ci(r['adj_ci_lo'], r['adj_ci_hi'], r)}<br><span class='note'>at {100 * r['ci_level']:.1f}%</span>"
+
+    def g(r: Mapping[str, Any]) -> str:
+        if missing(r.get("effect_size")):
+            return "—"
+        ci = "" if missing(r.get("g_lo")) else f"<br><span class='note'>[{r['g_lo']:+.2f}, {r['g_hi']:+.2f}]</span>"
+        return f"{float(r['effect_size']):+.2f}{ci}"
+
+    def verdict(r: Mapping[str, Any]) -> str:
+        flags = r.get("flags")
+        flag = f'<br><span class="flag">⚑ {esc(flags)}</span>' if isinstance(flags, str) and flags else ""
+        return verdict_html(r["verdict"]) + flag
 
     return [
         ("Claim", claim, False),
@@ -408,14 +426,25 @@ def claim_columns() -> list[Column]:
         ("a vs b", groups, False),
         ("Levels", lambda r: esc(r.get("levels", 1)), True),
         ("n a/b", lambda r: f"{int(r['n_a'])}/{int(r['n_b'])}", True),
-        ("a − b", lambda r: f"<b>{fmt_diff(r['diff'], r['metric'])}</b>", True),
-        ("95% CI", ci, True),
-        ("Cohen's d", lambda r: "—" if pd.isna(r["effect_size"]) else f"{float(r['effect_size']):+.2f}", True),
+        ("a − b", lambda r: f"<b>{fmt_diff(r['diff'], _u(r))}</b>", True),
+        ("95% CI", lambda r: _signed_ci(r["ci_lo"], r["ci_hi"], r), True),
+        ("Holm-adjusted CI", adjusted, True),
+        ("Hedges' g [95% CI]", g, True),
         ("p", lambda r: fmt_p(r["p_value"]), True),
         ("p (Holm)", lambda r: fmt_p(r["p_holm"]), True),
-        ("Verdict", lambda r: verdict_html(r["verdict"]), False),
+        ("Verdict", verdict, False),
         ("Note", lambda r: esc(r["note"]), False),
     ]
+
+
+def paired_columns() -> list[Column]:
+    """Extra columns of the per-level table: the paired test over matched seeds."""
+    return [
+        ("paired seeds", lambda r: esc(r.get("n_paired", 0)), True),
+        ("paired a − b [95% CI]", lambda r: "—" if missing(r.get("paired_p")) else
+         f"{fmt_diff(r['paired_diff'], _u(r))} {_signed_ci(r['paired_ci_lo'], r['paired_ci_hi'], r)}", True),
+        ("paired p", lambda r: fmt_p(r.get("paired_p")), True),
+    ]  # fmt: skip
 
 
 def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str], *, compact: bool = False) -> str:
@@ -424,26 +453,29 @@ def best_html(best: pd.DataFrame, meta: StudyMeta, keys: Sequence[str], *, compa
     if best.empty:
         return '<p class="note">No finished trial yet.</p>'
     m, col = meta.metric, meta.metric_col
+    u = unit_of(meta, m)
     columns: list[Column] = [(k, lambda r, k=k: esc(r[k]), False) for k in keys]
     if "params" in best.columns:
         columns.append(("params", lambda r: "—" if pd.isna(r["params"]) else f"{int(r['params']):,}", True))
     columns += [
         ("repeats", lambda r: f"{int(r['n_finished'])}/{int(r['n_trials'])}", True),
-        (f"final {m} mean", lambda r: f"<b>{fmt_metric(r[f'{col}_mean'], m)}</b>", True),
-        ("± std", lambda r: fmt_metric(r[f"{col}_std"], m), True),
-        ("95% CI", lambda r: fmt_ci(r[f"{col}_ci_lo"], r[f"{col}_ci_hi"], m), True),
+        (f"final {m} mean", lambda r: f"<b>{fmt_metric(r[f'{col}_mean'], u)}</b>", True),
+        ("± std", lambda r: fmt_metric(r[f"{col}_std"], u), True),
+        ("95% CI", lambda r: fmt_ci(r[f"{col}_ci_lo"], r[f"{col}_ci_hi"], u), True),
     ]
     if f"best_{m}_mean" in best.columns:
-        columns.append((f"best-epoch {m}", lambda r: fmt_metric(r[f"best_{m}_mean"], m), True))
+        columns.append((f"best-epoch {m}", lambda r: fmt_metric(r[f"best_{m}_mean"], u), True))
     columns.append(("diverged/errors", lambda r: f"{int(r['n_diverged'])}/{int(r['n_error'])}", True))
     if compact:
         columns = columns[: len(keys)] + [
             c for c in columns[len(keys) :] if c[0] in ("repeats", "95% CI") or "mean" in c[0]
         ]
     else:  # the metrics named after the study's metric, each as mean and CI over the same repeats
+        companions = companion_metrics(best, m)
+        units = {name: unit_of(meta, name) for name in companions}
         columns += [
-            (f"{name} mean [95% CI]", lambda r, c=f"final_{name}", n=name: _mean_ci(r, c, n), True)
-            for name in companion_metrics(best, m)
+            (f"{name} mean [95% CI]", lambda r, c=f"final_{name}", n=name: _mean_ci(r, c, units[n]), True)
+            for name in companions
         ]
     if "rank" in best.columns and best["rank"].max() > 1:
         columns.insert(0, ("rank", lambda r: esc(r["rank"]), True))
@@ -461,13 +493,14 @@ def companion_metrics(table: pd.DataFrame, metric: str, limit: int = MAX_COMPANI
     return names[:limit]
 
 
-def _mean_ci(r: Mapping[str, Any], col: str, metric: str) -> str:
-    ci = fmt_ci(r.get(f"{col}_ci_lo"), r.get(f"{col}_ci_hi"), metric)
-    return fmt_metric(r.get(f"{col}_mean"), metric) + ("" if ci == "—" else f" {ci}")
+def _mean_ci(r: Mapping[str, Any], col: str, unit: str | None) -> str:
+    ci = fmt_ci(r.get(f"{col}_ci_lo"), r.get(f"{col}_ci_hi"), unit)
+    return fmt_metric(r.get(f"{col}_mean"), unit) + ("" if ci == "—" else f" {ci}")
 
 
-def comparisons_html(comparisons: pd.DataFrame, metric: str, total: int) -> str:
-    """Welch comparisons (already filtered for the report); `total` = rows in comparisons.parquet."""
+def comparisons_html(comparisons: pd.DataFrame, unit: str | None, total: int) -> str:
+    """Unadjusted pairwise Welch comparisons of a − b (already filtered for the report); `total` =
+    rows in comparisons.parquet."""
     if comparisons.empty:
         return (
             '<p class="note">No comparison: a categorical searched hyperparameter needs at least two levels '
@@ -479,11 +512,11 @@ def comparisons_html(comparisons: pd.DataFrame, metric: str, total: int) -> str:
         ("a", lambda r: esc(r["level_a"]), False),
         ("b", lambda r: esc(r["level_b"]), False),
         ("n a/b", lambda r: f"{int(r['n_a'])}/{int(r['n_b'])}", True),
-        ("mean a", lambda r: fmt_metric(r["mean_a"], metric), True),
-        ("mean b", lambda r: fmt_metric(r["mean_b"], metric), True),
-        ("b − a", lambda r: f"<b>{fmt_diff(r['diff'], metric)}</b>", True),
-        ("95% CI of b − a", lambda r: _diff_ci(r, metric), True),
-        ("Welch p", lambda r: fmt_p(r["p_value"]), True),
+        ("mean a", lambda r: fmt_metric(r["mean_a"], unit), True),
+        ("mean b", lambda r: fmt_metric(r["mean_b"], unit), True),
+        ("a − b", lambda r: f"<b>{fmt_diff(r['diff'], unit)}</b>", True),
+        ("95% CI of a − b", lambda r: fmt_ci(r["diff_ci_lo"], r["diff_ci_hi"], unit, diff=True), True),
+        ("Welch p (unadjusted)", lambda r: fmt_p(r["p_value"]), True),
     ]
     note = (
         f'<p class="note">Showing {len(comparisons)} of {total} comparisons (all in '
@@ -491,13 +524,12 @@ def comparisons_html(comparisons: pd.DataFrame, metric: str, total: int) -> str:
         if total > len(comparisons)
         else ""
     )
-    return table_html(comparisons.to_dict("records"), columns) + note
-
-
-def _diff_ci(r: Mapping[str, Any], metric: str) -> str:
-    if pd.isna(r["diff_ci_lo"]):
-        return "—"
-    return f"[{fmt_diff(r['diff_ci_lo'], metric)}, {fmt_diff(r['diff_ci_hi'], metric)}]"
+    caution = (
+        '<p class="note">Unadjusted pairwise Welch tests over seeds (a − b, the sign claims use), one per pair '
+        "of levels: they describe the grid and are not corrected for the many comparisons, so a small p here "
+        "is not a verdict (claims are Holm-corrected).</p>"
+    )
+    return table_html(comparisons.to_dict("records"), columns) + note + caution
 
 
 def failures_html(trials: pd.DataFrame, keys: Sequence[str]) -> str:
@@ -554,13 +586,16 @@ def study_report_html(
         "best": best_html(tables["best"], meta, groups_first)
         + '<p class="note">Ranked by the mean over repeats of the final '
         f"{esc(meta.metric)}; one row per level of the categorical searched hyperparameters.</p>",
-        "comparisons": comparisons_html(report_comparisons, meta.metric, len(tables["comparisons"])),
+        "comparisons": comparisons_html(report_comparisons, unit_of(meta, meta.metric), len(tables["comparisons"])),
         "failures": failures_html(trials, list(meta.searched) or list(meta.hyperparameters)),
     }
     for section in ("effects", "heatmaps", "curves", "parallel", "importance"):
         items = by_section.get(section, [])
         wrap = "grid" if section == "effects" and len(items) > 1 else ""
         bodies[section] = f'<div class="{wrap}">' + "".join(map(figure_html, items)) + "</div>" if items else empty
+    if "importance" not in by_section:
+        why = importance_note(trials, meta.searched, metric_col=meta.metric_col)
+        bodies["importance"] = f'<p class="note">Not shown: {esc(why)}.</p>' if why else bodies["importance"]
     if "heatmaps" not in by_section and len(meta.grid_axes) < 2:
         bodies["heatmaps"] = '<p class="note">Fewer than two grid axes: no heat map.</p>'
     order = [s for s, _ in SECTIONS]
@@ -570,7 +605,7 @@ def study_report_html(
         f"<footer>Generated {stamp} from results/trials.parquet ({len(trials)} trials) and "
         f"results/epochs.parquet ({epochs_rows} rows). Tables: results/summary.parquet and friends.</footer>"
     )
-    header = header_html(meta, trials, epochs_rows, order)
+    header = header_html(meta, trials, epochs_rows, order, headline(meta, tables))
     if scorecard:  # the nav line ends with the link to the scorecard of every study in the storage
         header = header.replace(
             "</nav></header>", f'<a href="{esc(scorecard)}">Scorecard (all studies)</a></nav></header>'
@@ -652,6 +687,7 @@ def merged_paper_html(studies: Sequence[tuple[str, StudyMeta, Mapping[str, pd.Da
             key = (r["label"], r["metric"])
             row = labels.setdefault(key, {"label": r["label"], "metric": r["metric"], "studies": {}})
             row.setdefault("paper", r["paper_value"])
+            row.setdefault("unit", r.get("unit"))
             row["studies"][name] = r
     if not labels:
         return '<p class="note">No study has a <code>paper:</code> block.</p>'
@@ -667,14 +703,14 @@ def merged_paper_html(studies: Sequence[tuple[str, StudyMeta, Mapping[str, pd.Da
                 else (" <span class=yes>✓</span>" if r["in_ci"] else " <span class=no>✗</span>")
             )
             verdict = f"<br>{verdict_html(r['verdict'])}" if r.get("verdict") else ""
-            return f"{fmt_metric(r['mean'], r['metric'])} {fmt_ci(r['ci_lo'], r['ci_hi'], r['metric'])}{mark}{verdict}"
+            return f"{fmt_metric(r['mean'], _u(r))} {fmt_ci(r['ci_lo'], r['ci_hi'], _u(r))}{mark}{verdict}"
 
         return fn
 
     columns: list[Column] = [
         ("Result", lambda r: esc(r["label"]), False),
         ("Metric", lambda r: esc(r["metric"]), False),
-        ("Paper", lambda r: fmt_metric(r["paper"], r["metric"]), True),
+        ("Paper", lambda r: fmt_metric(r["paper"], _u(r)), True),
     ] + [(f"{name}: mean [95% CI]", cell(name), True) for name, _, _ in studies]
     return table_html(list(labels.values()), columns) + (
         '<p class="note">✓: the paper\'s value lies in the reproduced 95% CI; ✗: it does not.</p>'

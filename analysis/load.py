@@ -17,26 +17,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from study.errors import UserError
+from core.errors import UserError
+from core.layout import PARQUET_STUDY_KEY, SPEC_FILE, epochs_path, trials_path
+from core.metrics import Metric, semantics_from_json
+from core.status import FINISHED, RESERVED_COLUMNS, STATUSES, UNFINISHED
 
-# Columns of trials.parquet that are neither hyperparameters nor metrics.
-RESERVED_COLUMNS = (
-    "trial_id",
-    "data_source",
-    "status",
-    "seed",
-    "params",
-    "epochs_done",
-    "wall_time_s",
-    "num_failures",
-    "error",
-    "config_id",
-)
-# STOPPED: ended early by the scheduler (ASHA) before its last epoch; like DIVERGED, left out of means
-# MISSING: finished, but its results are gone (trial directory or result.json deleted): left out of means
-STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR", "MISSING", "RUNNING", "PAUSED", "PENDING")
-UNFINISHED = ("RUNNING", "PAUSED", "PENDING")  # still to report: counted as running
-FINISHED = "TERMINATED"
+__all__ = [  # the status vocabulary is re-exported for older callers (it lives in core.status)
+    "FINISHED", "RESERVED_COLUMNS", "STATUSES", "UNFINISHED", "StudyMeta", "StudyResults", "default_mode",
+    "infer_hyperparameters", "load_study", "metric_names", "read_study_metadata", "study_meta",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,6 +46,14 @@ class StudyMeta:
         space: the spec's ``space:`` block ({key: {grid|choice|uniform|loguniform|randint: ...}}).
         paper: the spec's ``paper:`` block, or None.
         metrics: per-epoch metric names that have ``final_``/``best_`` columns.
+        semantics: each metric's declared direction, unit and determinism (metadata
+            ``metric_semantics``); a metric missing here is shown raw and gets no verdict that
+            needs a direction or unit.
+        inert_keys: per trial id, the config keys without effect in that trial (metadata
+            ``inert_keys``): trials differing only in them are one configuration.
+        overrides: the run's ``--set`` changes against the spec file (metadata ``overrides``).
+        smoke: a ``--smoke`` run (metadata ``smoke``).
+        fixed: the spec's ``fixed:`` block (for the paper's recipe check).
     """
 
     name: str
@@ -72,6 +69,11 @@ class StudyMeta:
     space: Mapping[str, Any] = field(default_factory=dict)
     paper: Mapping[str, Any] | None = None
     metrics: tuple[str, ...] = ()
+    semantics: Mapping[str, Metric] = field(default_factory=dict)
+    inert_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+    smoke: bool = False
+    fixed: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def metric_col(self) -> str:
@@ -95,7 +97,8 @@ def metric_names(columns: Sequence[str]) -> tuple[str, ...]:
 
 
 def default_mode(metric: str) -> str:
-    """``min`` for losses, errors and costs (step time, memory), else ``max`` (the runner's rule for best_)."""
+    """Deprecated name rule, kept only for `study.results`' collector until it reads the family's
+    declared direction; the analysis never calls it (it reads `StudyMeta.semantics`)."""
     costs = ("loss", "error", "step_time", "peak_mem")
     return "min" if any(c in metric for c in costs) else "max"
 
@@ -125,14 +128,20 @@ def study_meta(metadata: Mapping[str, Any], spec: Mapping[str, Any], trials: pd.
     metric = metadata.get("metric") or spec.get("metric") or ("test_acc" if "test_acc" in metrics else "")
     if not metric and metrics:
         metric = metrics[0]
-    mode = metadata.get("mode") or spec.get("mode") or default_mode(metric)
+    semantics = _semantics(metadata.get("metric_semantics"))
+    declared = semantics.get(str(metric))
+    mode = metadata.get("mode") or spec.get("mode") or (declared.direction if declared else "max")
     data = spec.get("data") or {}
+    source = metadata.get("data_source") or (data.get("source") if isinstance(data, Mapping) else "")
+    if not source and "data_source" in trials.columns and trials["data_source"].nunique() == 1:
+        source = str(trials["data_source"].iloc[0])
+    inert = metadata.get("inert_keys") or {}
     return StudyMeta(
         name=str(metadata.get("name") or spec.get("name") or "study"),
         description=str(spec.get("description") or ""),
         spec_file=str(metadata.get("spec_file") or spec.get("spec_file") or ""),
         trainable=str(metadata.get("trainable") or spec.get("trainable") or ""),
-        data_source=str(metadata.get("data_source") or (data.get("source") if isinstance(data, Mapping) else "")),
+        data_source=str(source or ""),
         metric=str(metric),
         mode=str(mode),
         hyperparameters=hyper,
@@ -141,12 +150,27 @@ def study_meta(metadata: Mapping[str, Any], spec: Mapping[str, Any], trials: pd.
         space=space,
         paper=spec.get("paper") or None,
         metrics=metrics,
+        semantics=semantics,
+        inert_keys={str(k): tuple(map(str, v)) for k, v in inert.items()} if isinstance(inert, Mapping) else {},
+        overrides=tuple(map(str, metadata.get("overrides") or ())),
+        smoke=bool(metadata.get("smoke")),
+        fixed=dict(spec.get("fixed") or {}),
     )
+
+
+def _semantics(value: Any) -> dict[str, Metric]:
+    """The metadata's ``metric_semantics`` ({} when absent or malformed: every metric shown raw)."""
+    if not isinstance(value, Mapping):
+        return {}
+    try:
+        return semantics_from_json(value)
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 def read_study_metadata(path: Path) -> dict[str, Any]:
     """The JSON under the ``b"study"`` key of a Parquet file's schema metadata ({} if absent)."""
-    raw = (pq.read_schema(path).metadata or {}).get(b"study")
+    raw = (pq.read_schema(path).metadata or {}).get(PARQUET_STUDY_KEY)
     if not raw:
         return {}
     try:
@@ -162,12 +186,12 @@ def load_study(study_dir: Path) -> StudyResults:
     epochs table, and a missing spec falls back to the Parquet metadata.
     """
     study_dir = Path(study_dir)
-    trials_path = study_dir / "results" / "trials.parquet"
-    if not trials_path.is_file():
-        raise UserError(f"no results in {study_dir}: {trials_path} is missing (has `study run` reported any trial?)")
-    trials = pd.read_parquet(trials_path)
-    metadata = read_study_metadata(trials_path)
-    spec_path = study_dir / "spec.yaml"
+    trials_file = trials_path(study_dir)
+    if not trials_file.is_file():
+        raise UserError(f"no results in {study_dir}: {trials_file} is missing (has `study run` reported any trial?)")
+    trials = pd.read_parquet(trials_file)
+    metadata = read_study_metadata(trials_file)
+    spec_path = study_dir / SPEC_FILE
     spec: dict[str, Any] = {}
     if spec_path.is_file():
         try:
@@ -176,7 +200,7 @@ def load_study(study_dir: Path) -> StudyResults:
             raise UserError(f"{spec_path}: not valid YAML ({e})") from None
         if not isinstance(spec, dict):
             raise UserError(f"{spec_path}: expected a mapping at the top level, got {type(spec).__name__}")
-    epochs_path = study_dir / "results" / "epochs.parquet"
-    epochs = pd.read_parquet(epochs_path) if epochs_path.is_file() else pd.DataFrame(columns=["trial_id", "epoch"])
+    epochs_file = epochs_path(study_dir)
+    epochs = pd.read_parquet(epochs_file) if epochs_file.is_file() else pd.DataFrame(columns=["trial_id", "epoch"])
     meta = study_meta(metadata, spec, trials)
     return StudyResults(meta=meta, trials=trials, epochs=epochs, study_dir=study_dir)

@@ -28,22 +28,10 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from analysis.aggregate import default_group_by, finished, is_categorical, is_continuous, levels, semantic
+from analysis.format import format_value
 from analysis.load import StudyResults
-from analysis.tables import (
-    binned_effect,
-    choose_group,
-    default_group_by,
-    finished,
-    format_value,
-    is_categorical,
-    is_continuous,
-    is_fraction,
-    levels,
-    marginal,
-    profile,
-    repeated,
-    wants_log_axis,
-)
+from analysis.plotdata import binned_effect, choose_group, marginal, profile, repeated, wants_log_axis
 
 COLORS = qualitative.Plotly + qualitative.D3
 HEIGHT = 420  # px, default figure height
@@ -84,6 +72,20 @@ def _base_layout(fig: go.Figure, title: str, height: int = HEIGHT) -> go.Figure:
     return fig
 
 
+def _percent(unit: str | None) -> str | None:
+    """Tick format of a metric axis: percentages for declared fractions, raw otherwise."""
+    return ".1%" if unit == "fraction" else None
+
+
+def _integer_ticks(values: Sequence[Any]) -> dict[str, Any]:
+    """Tick values at the data's own whole numbers (an axis of batch sizes never shows 37.5)."""
+    v = np.asarray([x for x in values if not pd.isna(x)], dtype=float)
+    if v.size and np.all(v == np.round(v)) and len(np.unique(v)) <= 12:
+        uniq = np.unique(v)
+        return {"tickvals": list(uniq), "ticktext": [f"{int(x):d}" for x in uniq]}
+    return {}
+
+
 def _errors(table: pd.DataFrame) -> dict[str, Any]:
     """error_y arguments for a (mean, ci_lo, ci_hi) table; missing intervals draw no bar."""
     hi = (table["ci_hi"] - table["mean"]).fillna(0).to_numpy(float)
@@ -105,6 +107,7 @@ def effect_figure(
     categorical_x: bool = False,
     x_order: Sequence[Any] | None = None,
     group_order: Sequence[Any] | None = None,
+    unit: str | None = None,
 ) -> go.Figure:
     """Metric against hyperparameter `x`: mean and CI, one line per level of `group`.
 
@@ -144,9 +147,9 @@ def effect_figure(
     title = f"Effect of {text(x)}" + (f", one line per {text(group)}" if group else "")
     _base_layout(fig, title)
     fig.update_xaxes(title_text=text(x), type="log" if log_x else ("category" if categorical_x else "linear"))
-    fig.update_yaxes(
-        title_text=f"{metric_title(metric_col)} (mean, 95% CI)", tickformat=".1%" if is_fraction(metric_col) else None
-    )
+    if not categorical_x and xcol in table.columns:
+        fig.update_xaxes(**_integer_ticks(table[xcol]))
+    fig.update_yaxes(title_text=f"{metric_title(metric_col)} (mean, 95% CI)", tickformat=_percent(unit))
     fig.update_layout(showlegend=group is not None, legend={"title": {"text": text(group) if group else ""}})
     return fig
 
@@ -162,8 +165,10 @@ def heatmap_figure(
     x_order: Sequence[Any] | None = None,
     y_order: Sequence[Any] | None = None,
     panel_order: Sequence[Any] | None = None,
+    unit: str | None = None,
 ) -> go.Figure:
-    """Mean metric over the (x, y) grid, one panel per level of `panel`, one shared colour scale.
+    """Mean metric over the (x, y) grid, one panel per level of `panel`, one shared colour scale
+    (around the value when every cell has the same one).
 
     `table` is `analysis.tables.profile` output with keys [panel, x, y].
     """
@@ -174,7 +179,7 @@ def heatmap_figure(
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.06, vertical_spacing=0.14)
     xs = list(x_order) if x_order is not None else levels(table[x])
     ys = list(y_order) if y_order is not None else levels(table[y])
-    fraction = is_fraction(metric_col)
+    fraction = unit == "fraction"
     for i, level in enumerate(panels):
         part = table if panel is None else table[table[panel].map(format_value) == format_value(level)]
         z = np.full((len(ys), len(xs)), np.nan)
@@ -207,19 +212,24 @@ def heatmap_figure(
     for r in range(1, rows + 1):
         fig.update_yaxes(title_text=text(y), row=r, col=1)
     scale = "Viridis" if mode == "max" else "Viridis_r"
-    fig.update_layout(
-        coloraxis={
-            "colorscale": scale,
-            "colorbar": {"title": {"text": metric_title(metric_col)}, "tickformat": ".1%" if fraction else None},
-        }
-    )
+    coloraxis: dict[str, Any] = {
+        "colorscale": scale,
+        "colorbar": {"title": {"text": metric_title(metric_col)}, "tickformat": _percent(unit)},
+    }
+    z_all = pd.to_numeric(table["mean"], errors="coerce").dropna().to_numpy(float) if len(table) else np.array([])
+    if z_all.size and np.ptp(z_all) == 0:  # one value: a colour bar around it, not a degenerate one
+        pad = abs(float(z_all[0])) * 0.01 or 0.01
+        coloraxis |= {"cmin": float(z_all[0]) - pad, "cmax": float(z_all[0]) + pad}
+    fig.update_layout(coloraxis=coloraxis)
     title = f"{metric_title(metric_col)} over {text(x)} x {text(y)}" + (
         f", one panel per {text(panel)}" if panel else ""
     )
     return _base_layout(fig, title, height=max(HEIGHT, 330 * rows + 60))
 
 
-def curves_figure(curves: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
+def curves_figure(
+    curves: pd.DataFrame, metrics: Sequence[str], units: Mapping[str, str | None] | None = None
+) -> go.Figure:
     """Learning curves: per-epoch mean (line) and 95% CI (band) over repeats, one panel per metric.
 
     `curves` is `analysis.tables.learning_curves` output (long format).
@@ -269,7 +279,7 @@ def curves_figure(curves: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
             )
         fig.update_xaxes(title_text="epoch", row=1, col=j + 1)
         fig.update_yaxes(title_text=f"{text(m)} (mean, 95% CI)", row=1, col=j + 1)
-        if is_fraction(m):
+        if (units or {}).get(m) == "fraction":
             fig.update_yaxes(tickformat=".1%", row=1, col=j + 1)
     _base_layout(fig, "Learning curves of the best configurations", height=HEIGHT + 60)
     fig.update_layout(legend={"orientation": "h", "y": -0.22, "x": 0})
@@ -285,6 +295,7 @@ def parallel_figure(
     space: Mapping[str, Any] | None = None,
     max_lines: int = MAX_PARCOORDS,
     seed: int = 0,
+    unit: str | None = None,
 ) -> go.Figure:
     """Parallel coordinates of all finished trials: searched hyperparameters then the metric.
 
@@ -319,7 +330,6 @@ def parallel_figure(
             dimensions.append({"label": text(d), "values": values.to_numpy(float)})
     metric = done[metric_col].to_numpy(float)
     dimensions.append({"label": metric_title(metric_col), "values": metric})
-    fraction = is_fraction(metric_col)
     fig = go.Figure(
         go.Parcoords(
             dimensions=dimensions,
@@ -328,7 +338,7 @@ def parallel_figure(
                 "color": metric,
                 "colorscale": "Viridis" if mode == "max" else "Viridis_r",
                 "showscale": True,
-                "colorbar": {"title": {"text": metric_title(metric_col)}, "tickformat": ".1%" if fraction else None},
+                "colorbar": {"title": {"text": metric_title(metric_col)}, "tickformat": _percent(unit)},
             },
         )
     )
@@ -353,11 +363,16 @@ def importance_figure(importance: pd.DataFrame) -> go.Figure:
     )
     _base_layout(fig, f"Hyperparameter importance, {text(evaluator)}", height=max(240, 90 + 40 * len(imp)))
     fig.update_xaxes(title_text="importance (sums to 1)", rangemode="tozero")
+    if len(imp):
+        fig.add_annotation(text=f"{int(imp['n_trials'].iloc[0])} (configuration, seed) units", showarrow=False,
+                           xref="paper", yref="paper", x=1, y=1.08, xanchor="right")  # fmt: skip
     fig.update_yaxes(title_text="hyperparameter")
     return fig
 
 
-def best_comparison_figure(best: Mapping[str, pd.DataFrame], *, metric_col: str) -> go.Figure:
+def best_comparison_figure(
+    best: Mapping[str, pd.DataFrame], *, metric_col: str, unit: str | None = None
+) -> go.Figure:
     """Bars of each study's best configurations (mean and CI of `metric_col`), one colour per study.
 
     `best` maps a study name to its `analysis.tables.best_configs` table with a ``label`` column.
@@ -381,7 +396,7 @@ def best_comparison_figure(best: Mapping[str, pd.DataFrame], *, metric_col: str)
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="configuration", tickangle=-20, automargin=True)
     fig.update_yaxes(title_text=f"{metric_title(metric_col)} (mean, 95% CI)")
-    if is_fraction(metric_col):
+    if unit == "fraction":
         fig.update_yaxes(tickformat=".1%")
     return fig
 
@@ -405,14 +420,22 @@ def study_figures(results: StudyResults, tables: Mapping[str, pd.DataFrame]) -> 
     items += _heatmap_items(results, tables)
     if not tables["curves"].empty:
         metrics = [m for m in dict.fromkeys([meta.metric, "train_loss"])]
-        items.append(FigureItem("curves", "curves", curves_figure(tables["curves"], metrics)))
+        units = {m: _unit(results, m) for m in metrics}
+        items.append(FigureItem("curves", "curves", curves_figure(tables["curves"], metrics, units)))
     dims = [d for d in meta.searched if d in trials.columns]
     if dims:
-        fig = parallel_figure(trials, dims, metric_col=metric_col, mode=meta.mode, space=meta.space)
+        fig = parallel_figure(
+            trials, dims, metric_col=metric_col, mode=meta.mode, space=meta.space, unit=_unit(results, metric_col)
+        )
         items.append(FigureItem("parallel", "parallel", fig))
     if not tables["importance"].empty:
         items.append(FigureItem("importance", "importance", importance_figure(tables["importance"])))
     return items
+
+
+def _unit(results: StudyResults, column: str) -> str | None:
+    m = semantic(results.meta.semantics, column)
+    return m.unit if m is not None else None
 
 
 def _effect_item(
@@ -428,7 +451,7 @@ def _effect_item(
     log_x = wants_log_axis(done[x], meta.space.get(x))
     group_order = levels(done[group], meta.space.get(group)) if group else None
     if is_continuous(done[x]):
-        table = binned_effect(trials, x, metric_col=metric_col, group=group, log=log_x)
+        table = binned_effect(trials, x, metric_col=metric_col, group=group, log=log_x, semantics=meta.semantics)
         caption = "Finished trials binned by value (10 bins); mean and 95% CI over the trials of each bin."
         categorical = False
     else:
@@ -446,6 +469,7 @@ def _effect_item(
         categorical_x=categorical,
         x_order=levels(done[x], meta.space.get(x)) if categorical else None,
         group_order=group_order,
+        unit=_unit(results, metric_col),
     )
     return [FigureItem("effects", f"effect-{x}", fig, caption)]
 
@@ -459,7 +483,7 @@ def _cells(trials: pd.DataFrame, summary: pd.DataFrame, keys: Sequence[str], met
             "Per value (cell), the best setting of the other hyperparameters (hover for it); "
             "mean and 95% CI over its repeats."
         )
-    table = marginal(trials, keys, metric_col=meta.metric_col)
+    table = marginal(trials, keys, metric_col=meta.metric_col, semantics=meta.semantics)
     return table, "No repeated configurations: per value (cell), mean and 95% CI over all finished trials with it."
 
 
@@ -495,6 +519,7 @@ def _heatmap_items(results: StudyResults, tables: Mapping[str, pd.DataFrame]) ->
             x_order=levels(done[x], meta.space.get(x)),
             y_order=levels(done[y], meta.space.get(y)),
             panel_order=levels(done[panel], meta.space.get(panel)) if panel else None,
+            unit=_unit(results, meta.metric_col),
         )
         items.append(FigureItem("heatmaps", f"heatmap-{x}-{y}", fig, caption))
     return items

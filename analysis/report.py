@@ -20,18 +20,25 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from analysis.aggregate import best_configs
+from analysis.assemble import study_tables
+from analysis.compare import focus_comparisons
 from analysis.html import comparison_report_html, study_report_html
 from analysis.load import StudyResults, load_study
 from analysis.plots import FigureItem, best_comparison_figure, study_figures
-from analysis.tables import best_configs, focus_comparisons, study_tables
+from core.atomic import write_parquet, write_text
+from core.layout import PARQUET_STUDY_KEY, REPORT_FILE, SCORECARD_FILE, SCORECARD_TABLE, SPEC_FILE, results_dir
+from core.metrics import semantics_to_json
+
+__all__ = [  # write_parquet / write_text and SCORECARD_FILE: re-exported from core for older callers
+    "SCORECARD_FILE", "TABLES", "build_study_report", "refresh_scorecard", "storage_studies", "write_comparison", "write_parquet",
+    "write_scorecard", "write_study_outputs", "write_text",
+]  # fmt: skip
 
 # written as results/<name>.parquet
 TABLES = ("summary", "best", "comparisons", "paper", "claims", "importance", "curves")
@@ -57,30 +64,30 @@ def write_study_outputs(study_dir: Path) -> Path:
     """Write ``results/summary.parquet`` and friends and ``results/report.html``; return the report path."""
     results = load_study(Path(study_dir))
     tables, page = build_study_report(results)
-    out_dir = Path(study_dir) / "results"
+    out_dir = results_dir(Path(study_dir))
     metadata = _study_json(results)
     for name in TABLES:  # every table says which data it was measured on
         table = tables[name].assign(data_source=results.meta.data_source)
         write_parquet(table, out_dir / f"{name}.parquet", metadata=metadata)
-    report = out_dir / "report.html"
+    report = out_dir / REPORT_FILE
     write_text(page, report)
     refresh_scorecard(Path(study_dir).parent)
     return report
 
 
-SCORECARD_FILE, SCORECARD_TABLE = "scorecard.html", "scorecard.parquet"
-
-
 def storage_studies(storage: Path) -> list[Path]:
     """Study directories under a local storage root (those with a ``spec.yaml``)."""
-    return sorted(p.parent for p in Path(storage).glob("*/spec.yaml"))
+    return sorted(p.parent for p in Path(storage).glob(f"*/{SPEC_FILE}"))
 
 
-def write_scorecard(study_dirs: Sequence[Path], out: Path, *, storage: str = "") -> tuple[Path, Path]:
+def write_scorecard(
+    study_dirs: Sequence[Path], out: Path, *, storage: str = "", include_smoke: bool = False
+) -> tuple[Path, Path]:
     """Write the scorecard page `out` and ``scorecard.parquet`` beside it over `study_dirs`.
 
-    Studies without results yet, or whose results cannot be read, are listed as left out. Each
-    row links to its study's ``results/report.html`` relative to `out`. Returns both paths.
+    Studies without results yet, or whose results cannot be read, are listed as left out, and so
+    are smoke runs unless `include_smoke`. Each row links to its study's ``results/report.html``
+    relative to `out`. Returns both paths.
     """
     from analysis.scorecard import scorecard_html, scorecard_table, study_scorecard
 
@@ -92,7 +99,10 @@ def write_scorecard(study_dirs: Sequence[Path], out: Path, *, storage: str = "")
         except Exception:  # no results yet, or a broken study: left out and named, never fatal
             skipped.append(Path(d).name)
     for name, (d, results) in zip(_unique_names([r for _, r in loaded]), loaded):
-        report = d / "results" / "report.html"
+        if results.meta.smoke and not include_smoke:
+            skipped.append(f"{name} (smoke run)")
+            continue
+        report = results_dir(d) / REPORT_FILE
         link = os.path.relpath(report, out.parent) if report.is_file() else ""
         parts.append(study_scorecard(name, results, link.replace(os.sep, "/")))
     table = scorecard_table(parts)
@@ -118,10 +128,13 @@ def write_comparison(study_dirs: Sequence[Path], out: Path) -> Path:
     names = _unique_names(loaded)
     studies = [(name, r.meta, study_tables(r)) for name, r in zip(names, loaded)]
     by_metric: dict[str, dict[str, pd.DataFrame]] = {}
+    units: dict[str, str | None] = {}
     for name, meta, tables in studies:
         by_metric.setdefault(meta.metric_col, {})[name] = tables["best"]
+        declared = meta.semantics.get(meta.metric)
+        units.setdefault(meta.metric_col, declared.unit if declared else None)
     figures = [
-        FigureItem("best", f"best-{col}", best_comparison_figure(best, metric_col=col))
+        FigureItem("best", f"best-{col}", best_comparison_figure(best, metric_col=col, unit=units.get(col)))
         for col, best in by_metric.items()
     ]
     write_text(comparison_report_html(studies, figures), Path(out))
@@ -150,37 +163,8 @@ def _study_json(results: StudyResults) -> dict[bytes, bytes]:
         "hyperparameters": list(m.hyperparameters),
         "searched": list(m.searched),
         "grid_axes": list(m.grid_axes),
+        "metric_semantics": semantics_to_json(m.semantics),
+        "smoke": m.smoke,
+        "overrides": list(m.overrides),
     }
-    return {b"study": json.dumps(study).encode()}
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to `path`, then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_parquet(frame: pd.DataFrame, path: Path, *, metadata: Mapping[bytes, bytes] | None = None) -> None:
-    """Write a DataFrame as Parquet atomically, with extra schema metadata."""
-    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def write_text(text: str, path: Path) -> None:
-    """Write UTF-8 text atomically."""
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return {PARQUET_STUDY_KEY: json.dumps(study).encode()}

@@ -7,6 +7,11 @@ import pandas as pd
 from analysis.html import best_html, companion_metrics
 from analysis.load import StudyMeta
 from analysis.tables import aggregate_repeats, best_configs
+from core.metrics import ACCURACY, GAIN_FRACTION
+
+SEMANTICS = {m: ACCURACY for m in ("test_acc", "test_acc_member1", "test_acc_member2")} | {
+    "test_acc_ensemble_gain": GAIN_FRACTION
+}
 
 
 def ensemble_trials() -> pd.DataFrame:
@@ -27,7 +32,7 @@ def test_members_and_ensemble_side_by_side_with_repeats():
     best = best_configs(summary, metric_col="final_test_acc", mode="max", group_by=["head"])
     assert companion_metrics(best, "test_acc") == ["test_acc_member1", "test_acc_member2", "test_acc_ensemble_gain"]
     assert companion_metrics(best, "test_loss") == []
-    meta = StudyMeta(name="ens", metric="test_acc", hyperparameters=("head",), searched=("head",))
+    meta = StudyMeta(name="ens", metric="test_acc", hyperparameters=("head",), searched=("head",), semantics=SEMANTICS)
     page = best_html(best, meta, ["head"])
     for header in ("test_acc_member1 mean [95% CI]", "test_acc_member2 mean [95% CI]", "test_acc_ensemble_gain"):
         assert header in page
@@ -38,7 +43,7 @@ def test_members_and_ensemble_side_by_side_with_repeats():
 def test_compact_table_leaves_companions_out():
     summary = aggregate_repeats(ensemble_trials(), ["head"])
     best = best_configs(summary, metric_col="final_test_acc", mode="max", group_by=["head"])
-    meta = StudyMeta(name="ens", metric="test_acc", hyperparameters=("head",), searched=("head",))
+    meta = StudyMeta(name="ens", metric="test_acc", hyperparameters=("head",), searched=("head",), semantics=SEMANTICS)
     assert "member1" not in best_html(best, meta, ["head"], compact=True)
 
 

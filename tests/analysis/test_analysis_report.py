@@ -15,7 +15,8 @@ import yaml
 from analysis import report as R
 from analysis.html import SECTIONS
 from analysis.synthetic import digit_pairs_study
-from study.errors import UserError
+from core.atomic import atomic_write
+from core.errors import UserError
 
 EVIL_NAME = '<script>window.__pwned = 1</script>"digits"'
 EVIL_DESC = '<img src=x onerror="window.__pwned = 1"> & co'
@@ -100,7 +101,9 @@ def test_failed_write_leaves_the_previous_files(digit_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.pq, "write_table", broken)
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         R.write_study_outputs(digit_dir)
     assert report.read_bytes() == before
@@ -111,7 +114,7 @@ def test_atomic_text_write_replaces_in_one_step(tmp_path):
     target = tmp_path / "out" / "a.html"
     R.write_text("one", target)
     with pytest.raises(RuntimeError):
-        R._atomic(target, lambda tmp: (tmp.write_text("half"), (_ for _ in ()).throw(RuntimeError("boom"))))
+        atomic_write(target, lambda tmp: (tmp.write_text("half"), (_ for _ in ()).throw(RuntimeError("boom"))))
     assert target.read_text() == "one" and _files(target.parent) == {"a.html"}
     R.write_text("two", target)
     assert target.read_text() == "two"
@@ -211,11 +214,14 @@ def test_report_on_an_empty_or_failed_study(tmp_path, digit_study):
 def test_number_formats():
     from analysis.html import fmt_ci, fmt_diff, fmt_duration, fmt_metric, fmt_p
 
-    assert fmt_metric(0.9114, "test_acc") == "91.14%" and fmt_metric(0.8547, "test_iou") == "85.47%"
-    assert fmt_metric(377826, "params") == "377,826" and fmt_metric(0.2345678, "test_loss") == "0.2346"
-    assert fmt_metric(float("nan"), "test_acc") == "—" and fmt_ci(float("nan"), 0.5, "test_acc") == "—"
-    assert fmt_diff(-0.0137, "test_acc") == "-1.37 pp" and fmt_diff(0.01, "test_loss") == "+0.01"
-    assert fmt_ci(0.8, 0.85, "test_acc") == "[80.00%, 85.00%]"
+    assert fmt_metric(0.9114, "fraction") == "91.14%" and fmt_metric(4.55, "percent") == "4.55%"
+    assert fmt_metric(377826, "count") == "377,826" and fmt_metric(0.2345678, "loss") == "0.2346"
+    assert fmt_metric(float("nan"), "fraction") == "—" and fmt_ci(float("nan"), 0.5, "fraction") == "—"
+    assert fmt_diff(-0.0137, "fraction") == "-1.37 pp" and fmt_diff(0.01, "loss") == "+0.01"
+    assert fmt_diff(-1.27, "percent") == "-1.27 pp"
+    assert fmt_ci(0.8, 0.85, "fraction") == "[80.00%, 85.00%]"
+    # undeclared metrics are shown raw whatever their name says
+    assert fmt_metric(0.9114, None) == "0.9114" and fmt_diff(-0.0137, None) == "-0.0137"
     assert (fmt_duration(12.34), fmt_duration(250), fmt_duration(3 * 3600 + 300)) == (
         "12.3 s",
         "4 min 10 s",

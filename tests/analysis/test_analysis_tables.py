@@ -10,7 +10,10 @@ import pytest
 from scipy import stats
 
 from analysis import tables as T
-from analysis.load import default_mode, infer_hyperparameters, study_meta
+from analysis.importance import importance_note
+from analysis.load import infer_hyperparameters, study_meta
+from analysis.synthetic import ablation_study
+from core.metrics import ACCURACY, COUNT
 
 T2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom
 T1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom
@@ -99,7 +102,11 @@ def test_aggregate_single_repeat_has_no_interval(trials):
 
 def test_aggregate_without_hyperparameters(trials):
     s = T.aggregate_repeats(trials, [])
-    assert len(s) == 1 and s.loc[0, "n_trials"] == 12 and s.loc[0, "final_test_acc_n"] == 9
+    # 9 finished trials, but 3 seeds: the seed is the unit (each seed's trials averaged first)
+    assert len(s) == 1 and s.loc[0, "n_trials"] == 12 and s.loc[0, "final_test_acc_n"] == 3
+    seed1 = [0.84, 0.90, 0.88]  # A 0.1, B 0.1, B 0.01 (A 0.01 diverged)
+    assert s.loc[0, "final_test_acc_mean"] == pytest.approx(np.mean([np.mean([0.80, 0.70]), np.mean(seed1),
+                                                                     np.mean([0.82, 0.74, 0.94, 0.86])]))  # fmt: skip
 
 
 def test_best_configs_per_group(trials):
@@ -123,18 +130,18 @@ def test_best_configs_min_mode(trials):
 def test_compare_factor_welch_hand_computed(trials):
     c = T.compare_factor(trials, "arch", metric_col="final_test_acc", hold=["lr"])
     assert list(c["context"]) == ["lr=0.01", "lr=0.1"]
-    r = c.iloc[0]  # lr=0.01: A (0.70, 0.74) vs B (0.88, 0.86)
+    r = c.iloc[0]  # lr=0.01: A (0.70, 0.74) vs B (0.88, 0.86); a - b, the sign claims use
     assert (r["level_a"], r["level_b"], r["n_a"], r["n_b"]) == ("A", "B", 2, 2)
-    assert r["diff"] == pytest.approx(0.15)
+    assert r["diff"] == pytest.approx(-0.15)
     va, vb = 0.0008 / 2, 0.0002 / 2
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 + vb**2)
-    assert r["t"] == pytest.approx(0.15 / se)
+    assert r["t"] == pytest.approx(-0.15 / se)
     assert r["df"] == pytest.approx(df)
     q = stats.t.ppf(0.975, df)
-    assert (r["diff_ci_lo"], r["diff_ci_hi"]) == pytest.approx((0.15 - q * se, 0.15 + q * se))
+    assert (r["diff_ci_lo"], r["diff_ci_hi"]) == pytest.approx((-0.15 - q * se, -0.15 + q * se))
     # oracle: scipy's Welch test on the raw values
-    ref = stats.ttest_ind([0.88, 0.86], [0.70, 0.74], equal_var=False)
+    ref = stats.ttest_ind([0.70, 0.74], [0.88, 0.86], equal_var=False)
     assert r["p_value"] == pytest.approx(ref.pvalue)
     ci = ref.confidence_interval(0.95)
     assert (r["diff_ci_lo"], r["diff_ci_hi"]) == pytest.approx((ci.low, ci.high))
@@ -143,17 +150,22 @@ def test_compare_factor_welch_hand_computed(trials):
 def test_compare_factor_level_order(trials):
     c = T.compare_factor(trials, "arch", metric_col="final_test_acc", hold=["lr"], order=["B", "A"])
     assert list(zip(c["level_a"], c["level_b"])) == [("B", "A"), ("B", "A")]
-    assert c.loc[0, "diff"] == pytest.approx(-0.15)
+    assert c.loc[0, "diff"] == pytest.approx(0.15)
 
 
-def test_compare_factor_pooled_and_min_repeats(trials):
+def test_compare_factor_pooled_over_seeds_and_min_repeats(trials):
     pooled = T.compare_factor(trials, "arch", metric_col="final_test_acc")
     assert len(pooled) == 1 and pooled.loc[0, "context"] == "all"
-    a, b = [0.80, 0.84, 0.82, 0.70, 0.74], [0.90, 0.94, 0.88, 0.86]
-    assert pooled.loc[0, "diff"] == pytest.approx(np.mean(b) - np.mean(a))
-    assert pooled.loc[0, "p_value"] == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue)
+    # per seed, the mean of the level's finished trials: A seeds 0, 1, 2; B seeds 1, 2
+    a, b = [np.mean([0.80, 0.70]), 0.84, np.mean([0.82, 0.74])], [np.mean([0.90, 0.88]), np.mean([0.94, 0.86])]
+    assert (pooled.loc[0, "n_a"], pooled.loc[0, "n_b"]) == (3, 2)
+    assert pooled.loc[0, "diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert pooled.loc[0, "p_value"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
     single = T.compare_factor(trials[trials["seed"] == 0], "arch", metric_col="final_test_acc", hold=["lr"])
-    assert single.empty  # fewer than 2 repeats per side
+    assert single.empty  # fewer than 2 seeds per side
+
+
+SEMANTICS = {"test_acc": ACCURACY, "params": COUNT}
 
 
 def test_paper_vs_reproduced(trials):
@@ -162,21 +174,24 @@ def test_paper_vs_reproduced(trials):
         {"label": "B overall", "where": {"arch": "B"}, "metric": "test_acc", "value": 0.80, "std": None},
         {"label": "C", "where": {"arch": "C"}, "metric": "test_acc", "value": 0.5},
         {"label": "bad key", "where": {"depth": 3}, "metric": "test_acc", "value": 0.5},
-        {"label": "A params", "where": {"arch": "A"}, "metric": "params", "value": 1000},
+        {"label": "A params", "where": {"arch": "A"}, "metric": "params", "value": 1000, "dataset": "any"},
     ]
-    p = T.paper_vs_reproduced(trials, results)
+    p = T.paper_vs_reproduced(trials, results, data_source="mnist", paper_dataset="mnist", semantics=SEMANTICS)
     a, b, c, bad = (p.iloc[i] for i in range(4))
     assert a["n"] == 3 and a["mean"] == pytest.approx(0.82) and a["diff"] == pytest.approx(0.82 - 0.85)
     assert a["ci_lo"] == pytest.approx(0.82 - T2 * 0.02 / math.sqrt(3)) and a["in_ci"] is True
-    assert a["paper_std"] == 0.01 and a["where"] == "arch=A, lr=0.1"
-    values = [0.90, 0.94, 0.88, 0.86]  # B's finished trials
-    assert b["n"] == 4 and b["mean"] == pytest.approx(0.895)
-    assert b["std"] == pytest.approx(np.std(values, ddof=1)) and b["in_ci"] is False
+    assert a["paper_std"] == 0.01 and a["where"] == "arch=A, lr=0.1" and a["dataset"] == "mnist"
+    # B spans two learning rates: per seed, the mean of its finished trials (seed 1: 0.90, 0.88; seed 2: 0.94, 0.86)
+    assert b["n"] == 2 and b["mean"] == pytest.approx(0.895)
+    assert b["std"] == pytest.approx(np.std([0.89, 0.90], ddof=1)) and b["in_ci"] is False
     assert math.isnan(b["paper_std"])
     assert c["n"] == 0 and c["in_ci"] is None and c["note"] == "no finished trial matches"
     assert bad["n"] == 0 and "depth" in bad["note"]
-    params = p.iloc[4]  # a per-trial column, not a per-epoch metric
-    assert params["n"] == 5 and params["mean"] == 1000 and params["diff"] == 0 and params["note"] == ""
+    params = p.iloc[4]  # a per-trial, deterministic column: judged on its one value
+    assert params["n"] == 1 and params["mean"] == 1000 and params["diff"] == 0
+    assert params["verdict"] == "reproduced within tolerance" and params["rule"].startswith("exact")
+    # left-out trials are flagged beside the verdict, never silently dropped
+    assert p.iloc[1]["flags"] == "1 of 6 trials error, left out; 1 of 6 trials still running, not counted"
 
 
 def test_select_matches_yaml_values():
@@ -205,9 +220,22 @@ def test_param_importance_ranks_the_relevant_hyperparameter():
 
 
 def test_param_importance_skips_constant_and_needs_trials(trials):
-    imp = T.param_importance(trials.assign(c=1), ["arch", "lr", "c"], metric_col="final_test_acc", mode="max")
-    assert set(imp["param"]) == {"arch", "lr"}
-    assert T.param_importance(trials.head(3), ["arch"], metric_col="final_test_acc", mode="max").empty
+    many = pd.concat([trials.assign(seed=trials["seed"] + 3 * k) for k in range(3)], ignore_index=True)
+    many = T.with_config_id(many, ["arch", "lr"])
+    imp = T.param_importance(many.assign(c=1), ["arch", "lr", "c"], metric_col="final_test_acc", mode="max")
+    assert set(imp["param"]) == {"arch", "lr"} and imp.loc[0, "n_trials"] == 27  # (configuration, seed) units
+    # 9 finished trials are too few to rate anything: no table, and the reason
+    assert T.param_importance(trials, ["arch", "lr"], metric_col="final_test_acc", mode="max").empty
+    assert "at least 20" in importance_note(trials, ["arch", "lr"], metric_col="final_test_acc")
+
+
+def test_importance_gives_a_small_real_effect_a_real_weight():
+    """A 2-point and a 4-point effect on a 2 x 2 grid: both get weight (a top-quantile method can give 0)."""
+    study = ablation_study(effects={"weight_sharing": 0.02, "aux_loss": 0.04}, repeats=10, noise=0.005)
+    t = T.with_config_id(study.trials, ["weight_sharing", "aux_loss"])
+    imp = T.param_importance(t, ["weight_sharing", "aux_loss"], metric_col="final_test_acc").set_index("param")
+    assert imp.loc["weight_sharing", "importance"] > 0.1 and imp.loc["aux_loss", "importance"] > 0.6
+    assert imp.loc["aux_loss", "eta_sq"] / imp.loc["weight_sharing", "eta_sq"] == pytest.approx(4, rel=0.35)
 
 
 def test_learning_curves_mean_and_downsampling(trials):
@@ -271,5 +299,9 @@ def test_study_meta_fallbacks(trials):
     bare = study_meta({}, {}, trials)
     assert bare.searched == ("arch", "lr") and bare.metric == "test_acc" and bare.name == "study"
     assert infer_hyperparameters(list(trials.columns)) == ("arch", "lr")
-    assert default_mode("test_loss") == "min" and default_mode("top1_error") == "min"
-    assert default_mode("test_iou") == "max"
+    # no declared semantics: the spec's mode, never a guess from the metric's name
+    loss = study_meta({}, {"metric": "test_loss"}, trials.assign(final_test_loss=0.1))
+    assert loss.mode == "max" and loss.semantics == {}
+    declared = study_meta({"metric": "test_loss", "metric_semantics": {"test_loss": {"direction": "min", "unit": "loss"}}},
+                          {}, trials.assign(final_test_loss=0.1))  # fmt: skip
+    assert declared.mode == "min" and declared.semantics["test_loss"].unit == "loss"
