@@ -14,7 +14,17 @@ import sys
 import traceback
 from pathlib import Path
 
-from study.errors import DiskFull, UserError, is_disk_full, one_line
+from core.errors import DiskFull, UserError, is_disk_full, one_line
+from core.layout import (
+    EXPERIMENT_STATE_GLOB,
+    RESULTS_DIR,
+    SCORECARD_FILE,
+    SPEC_FILE,
+    TUNER_FILE,
+    results_dir,
+    trials_path,
+)
+from core.status import FINISHED, UNFINISHED
 
 DEFAULT_STORAGE = os.environ.get("STUDY_STORAGE", "studies")
 
@@ -107,7 +117,7 @@ def study_dir(storage: str, name: str) -> Path:
 
     store = Store.open(storage)
     not_a_dir_name = "/" in name or name in ("", ".", "..") or len(name.encode()) > 255
-    if not_a_dir_name or store.read_text(name, "spec.yaml") is None:
+    if not_a_dir_name or store.read_text(name, SPEC_FILE) is None:
         raise UserError(
             f"{store.study_path(name)}: no study named {name!r} under {storage} (see `study ls --storage {storage}`)"
         )
@@ -118,7 +128,7 @@ def study_containing(path: Path) -> Path | None:
     """The study directory `path` is in (a directory with spec.yaml, Tune's tuner.pkl or an experiment
     state, or any directory below one), None when it is in none."""
     for d in [path, *path.parents]:
-        if (d / "spec.yaml").is_file() or (d / "tuner.pkl").is_file() or any(d.glob("experiment_state-*.json")):
+        if (d / SPEC_FILE).is_file() or (d / TUNER_FILE).is_file() or any(d.glob(EXPERIMENT_STATE_GLOB)):
             return d
     return None
 
@@ -126,7 +136,7 @@ def study_containing(path: Path) -> Path | None:
 def push_results(storage: str, name: str) -> None:
     from study.storage import Store
 
-    Store.open(storage).push(name, "results")
+    Store.open(storage).push(name, RESULTS_DIR)
 
 
 def _os_error_line(e: OSError) -> str:
@@ -138,7 +148,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from study.lock import refuse_if_running
 
     refuse_if_running(a.spec, a.name, a.storage, a.overrides)  # in a second, before torch is imported
-    from study.runner import run_study
+    from study.run.orchestrate import run_study
 
     outcome = run_study(
         a.spec, name=a.name, storage=a.storage, overrides=a.overrides, smoke=a.smoke, address=a.address,
@@ -150,7 +160,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_validate(a: argparse.Namespace) -> int:
     import json
 
-    from study.spec import load_spec
+    from study.spec.load import load_spec
 
     if a.json and not (a.models or a.cost):
         raise UserError("--json: only with --models or --cost")
@@ -186,7 +196,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_ls(a: argparse.Namespace) -> int:
-    from study.results import format_counts, list_studies
+    from study.results.counts import format_counts, list_studies
 
     studies = list_studies(a.storage)
     if not studies:
@@ -198,7 +208,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     from study.lock import holder_of
-    from study.results import format_counts, study_counts
+    from study.results.counts import format_counts, study_counts
     from study.storage import Store
 
     d = study_dir(a.storage, a.name)
@@ -208,26 +218,29 @@ def cmd_status(a: argparse.Namespace) -> int:
     if holder:
         print(f"being run by `study run` on host {holder.get('host')}, pid {holder.get('pid')}, "
               f"since {holder.get('started')}")  # fmt: skip
-    elif any(counts.get(s) for s in ("RUNNING", "PENDING", "PAUSED")):
+    elif any(counts.get(s) for s in UNFINISHED):
         print("unfinished trials: if no `study run` is running this study, run it again to resume them")
     if counts.get("MISSING"):
         print(f"{counts['MISSING']} finished trial(s) have missing data (trial directory deleted?): marked MISSING")
-    print(f"results: {d / 'results'}")
+    print(f"results: {results_dir(d)}")
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from study.results import collect, format_counts, write_results
-    from study.runner import write_report
-    from study.spec import load_spec
+    from study.results.counts import format_counts
+    from study.results.facts import write_facts
+    from study.results.tables import collect, write_results
+    from study.run.orchestrate import write_report
+    from study.spec.load import load_spec
 
     d = study_dir(a.storage, a.name)
-    spec = load_spec(d / "spec.yaml")
+    spec = load_spec(d / SPEC_FILE)
     trials, epochs = collect(d, spec, parallel=True)
     try:
         write_results(d, spec, trials, epochs)
+        write_facts(d, spec.trainable)  # an older study gets its study.json (fast `ls` and `status`)
         counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-        unfinished = {k: v for k, v in counts.items() if k not in ("TERMINATED", "DIVERGED")}
+        unfinished = {k: v for k, v in counts.items() if k not in (FINISHED, "DIVERGED")}
         if unfinished:
             print(f"{a.name}: partial results ({format_counts(counts)})")
         write_report(d)
@@ -235,7 +248,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise UserError(
-                f"{e.filename or d / 'results'}: cannot write the report ({e.strerror}): the storage is read-only "
+                f"{e.filename or results_dir(d)}: cannot write the report ({e.strerror}): the storage is read-only "
                 f"here; copy the study to a writable directory and run `study report {a.name} --storage DIR`"
             ) from None
         raise
@@ -270,9 +283,9 @@ def check_page_out(out: Path, what: str, example: str) -> None:
 
 
 def cmd_scorecard(a: argparse.Namespace) -> int:
-    from analysis.report import SCORECARD_FILE, write_scorecard
-    from study.results import collect, write_results
-    from study.spec import load_spec
+    from analysis.report import write_scorecard
+    from study.results.tables import collect, write_results
+    from study.spec.load import load_spec
     from study.storage import Store
 
     store = Store.open(a.storage)
@@ -283,9 +296,9 @@ def cmd_scorecard(a: argparse.Namespace) -> int:
     dirs = []
     for name in store.names():
         d = store.pull(name)
-        if not (d / "results" / "trials.parquet").is_file():  # a mirror of shared storage: tables from the state
+        if not trials_path(d).is_file():  # a mirror of shared storage: tables from the state
             try:
-                spec = load_spec(d / "spec.yaml")
+                spec = load_spec(d / SPEC_FILE)
                 write_results(d, spec, *collect(d, spec, parallel=True))
             except UserError:
                 pass  # no readable spec or results: the scorecard lists it as left out
@@ -333,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        from study.runner import Terminated
+        from study.run.stop import Terminated
 
         if isinstance(e, Terminated):
             print("study: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError
+from core.errors import UserError
+from core.layout import LOCK_FILE
 
-LOCK_FILE = ".study.lock"
 STALE_S = float(os.environ.get("STUDY_LOCK_STALE_S", "120"))  # heartbeat age after which a lock is dead
 HEARTBEAT_S = min(15.0, STALE_S / 4)
 
@@ -53,10 +53,12 @@ class StudyLock:
 
     def __init__(self, store: Any, name: str) -> None:
         self.store, self.name = store, name
-        fs, base = store.fs_path(name)
-        self.fs, self.dir = fs, base
-        self.path = f"{base}/{LOCK_FILE}"
-        self.local = type(fs).__name__ == "LocalFileSystem"
+        if getattr(store, "remote", True):  # pyarrow only for a URI: `study status` stays fast on local storage
+            self.fs, self.dir = store.fs_path(name)
+        else:
+            self.fs, self.dir = None, store.study_path(name)
+        self.path = f"{self.dir}/{LOCK_FILE}"
+        self.local = self.fs is None or type(self.fs).__name__ == "LocalFileSystem"
         self.me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),

@@ -1,179 +1,24 @@
-"""Trial shapes (issue 13): the study side of multi-worker (DDP) trials and packed trials.
+"""Kept for scripts that import ``study.shapes``: packed and DDP trials, each part in its layer.
 
-- ``resources.workers`` > 1: each trial is a Ray Train ``TorchTrainer`` run on that many workers
-  (each with ``resources.cpu``/``gpu``), launched from a Tune function trainable
-  (`trainables.ddp.run_ddp_trial`). The driver itself asks Tune for no CPU (its work is waiting);
-  at most as many trials run at once as the cluster has room for all their workers.
-- ``pack: N`` > 1: the grid's trials are grouped by everything but `MEMBER_KEYS` (seed, lr, ...)
-  into packs of at most N, in grid order; each pack is one Tune trial
-  (`trainables.packing.run_pack_trial`) whose config is ``{"__pack__": {"shared": ..., "members":
-  [...]}}``. `expand_packs` turns a pack back into its members wherever the study's trials are
-  read (tables, status, resume checks), so each member is its own trial to the user.
-
-Rules (`check_shape`, one line each): pack needs ``search.algorithm: grid`` with grid axes only
-and a family with packing support; pack and ASHA are refused (ASHA stops trials one at a time by
-their own results; a pack's members train in lock step); pack and workers > 1 are refused.
+The spec's rules are `study.spec.checks.check_shape`, the Tune side is `study.run.shapes`, and
+reading a pack as its members is `study.results.packs`.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from pathlib import Path
-from typing import Any
+from study.results.packs import expand_packs, member_count
+from study.run.shapes import (
+    DRIVER_MEMORY,
+    MEMBER_KEYS,
+    ddp_entry,
+    max_concurrent,
+    pack_entry,
+    pack_param_space,
+    shaped_trainable,
+)
+from study.spec.checks import check_shape
 
-from study.errors import UserError
-from study.spec import Grid, Spec
-
-DRIVER_MEMORY = 2**20  # bytes of Ray's memory resource a DDP trial's driver asks for
-MEMBER_KEYS = ("seed", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")  # as trainables.packing
-
-
-def check_shape(spec: Spec, path: str | Path) -> None:
-    """One-line errors for spec combinations the trial shapes do not support."""
-    if spec.pack == 1:
-        return
-    if spec.resources.workers > 1:
-        raise UserError(f"{path}: pack: pack > 1 and resources.workers > 1 cannot be combined; use one of them")
-    if spec.scheduler.type == "asha":
-        raise UserError(
-            f"{path}: pack: pack > 1 cannot be combined with scheduler asha (ASHA stops trials one by one, "
-            "packed trials train in lock step); use pack: 1 or scheduler: {type: none}"
-        )
-    if spec.search.algorithm != "grid" or spec.search.num_samples != 1:
-        raise UserError(f"{path}: pack: pack > 1 needs search.algorithm grid with num_samples 1")
-    sampled = [k for k, d in spec.space.items() if not isinstance(d, Grid)]
-    if sampled:
-        raise UserError(f"{path}: pack: pack > 1 needs grid axes only, but space.{sampled[0]} is sampled")
-    amps = [spec.fixed.get("amp"), spec.data.config.get("amp"), *getattr(spec.space.get("amp"), "grid", [])]
-    if "fp16" in amps:
-        raise UserError(f"{path}: pack: pack > 1 cannot train with amp fp16 (no per-member grad scaler); use bf16 or off")
-    from trainables import REGISTRY
-    from trainables.packing import support
-
-    family = REGISTRY.get(spec.trainable)
-    if family is not None and support(family) is None:
-        raise UserError(f"{path}: pack: trainable {spec.trainable} cannot be packed yet (only digit_pairs); use pack: 1")
-
-
-# ---------------------------------------------------------------------------------------------
-# the Tune side
-
-
-def pack_param_space(spec: Spec, threads: int) -> dict[str, Any]:
-    """``{"__pack__": grid_search(packs)}``: the grid's trials (grid order, seeds last) grouped by
-    their non-member keys, in packs of at most ``spec.pack``."""
-    from ray import tune
-
-    from study.spec import grid_points
-
-    base = {**spec.base_config(), "threads": threads}
-    groups: dict[str, tuple[dict, list[dict]]] = {}
-    # the spec's grid points (every combination, or a covering set with search.grid: cover), x seeds
-    for point, seed in itertools.product(grid_points(spec), spec.seed_list):
-        config = {**base, **point, "seed": seed}
-        shared = {k: v for k, v in config.items() if k not in MEMBER_KEYS}
-        member = {k: v for k, v in config.items() if k in MEMBER_KEYS}
-        key = repr(sorted(shared.items()))
-        groups.setdefault(key, (shared, []))[1].append(member)
-    packs = []
-    for shared, members in groups.values():
-        for i in range(0, len(members), spec.pack):
-            packs.append(
-                {"shared": shared, "members": members[i : i + spec.pack], "metric": spec.metric, "mode": spec.mode}
-            )
-    return {"__pack__": tune.grid_search(packs)}
-
-
-def pack_entry(config: dict, data: Any = None, *, family_name: str) -> None:
-    """The function Ray Tune runs for a pack."""
-    from trainables import get_family
-    from trainables.packing import run_pack_trial
-
-    run_pack_trial(config, data, family=get_family(family_name))
-
-
-def ddp_entry(config: dict, data: Any = None, *, family_name: str, seeds: list[int] | None, **resources: Any) -> None:
-    """The function Ray Tune runs for a multi-worker trial (the Train driver)."""
-    from trainables.ddp import run_ddp_trial
-
-    run_ddp_trial(config, data, family_name=family_name, seeds=seeds, **resources)
-
-
-def shaped_trainable(spec: Spec, data: Any, seeds: list[int] | None) -> Any:
-    """The Tune trainable (with its resources) for a DDP or packed study; None for plain trials."""
-    from ray import tune
-
-    if spec.resources.workers > 1:
-        r = spec.resources
-        fn = tune.with_parameters(
-            ddp_entry, data=data, family_name=spec.trainable, seeds=seeds, workers=r.workers, cpu=r.cpu, gpu=r.gpu
-        )
-        # the driver only waits: no CPU (Tune needs a non-empty request: 1 MiB of Ray's memory resource),
-        # so the workers get every core, e.g. 2 workers x 1 CPU on a 2-core machine
-        return tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
-    if spec.pack > 1:
-        fn = tune.with_parameters(pack_entry, data=data, family_name=spec.trainable)
-        return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    return None
-
-
-def max_concurrent(spec: Spec) -> int | None:
-    """For DDP studies: how many trials' workers fit on the cluster at once (Tune does not see the
-    workers' resources; more drivers would only wait). None: Tune's own limit."""
-    if spec.resources.workers == 1:
-        return spec.search.max_concurrent
-    import ray
-
-    total = ray.cluster_resources()
-    r = spec.resources
-    fits = [math.floor(total.get("CPU", 0) / (r.workers * r.cpu))]
-    if r.gpu > 0:
-        fits.append(math.floor(total.get("GPU", 0) / (r.workers * r.gpu)))
-    n = max(1, min(fits))
-    return min(n, spec.search.max_concurrent) if spec.search.max_concurrent else n
-
-
-# ---------------------------------------------------------------------------------------------
-# reading: a pack is its members
-
-
-def member_count(config: dict) -> int:
-    """How many trials a Tune trial with this config is (a pack's members, else 1)."""
-    pack = config.get("__pack__") if isinstance(config, dict) else None
-    return len(pack["members"]) if isinstance(pack, dict) else 1
-
-
-def expand_packs(study_dir: Path, entries: list[dict]) -> list[dict]:
-    """Trial entries of `study.results` (trial_id, status, config, logdir, meta) with every pack
-    replaced by its members: id ``<pack id>-m<i>``, the member's config, and ``rows``: its result
-    rows (its metrics from each of the pack's reports, ``time_total_s`` its share of the pack's)."""
-    from study.results import _read_jsonl
-
-    out = []
-    for t in entries:
-        pack = t["config"].get("__pack__") if isinstance(t.get("config"), dict) else None
-        if not isinstance(pack, dict):
-            out.append(t)
-            continue
-        rows = _read_jsonl(Path(study_dir) / t["logdir"] / "result.json")
-        n = len(pack["members"])
-        for i, member in enumerate(pack["members"]):
-            mine = []
-            for r in rows:
-                m = (r.get("members") or {}).get(str(i))
-                if m is not None:
-                    share = r.get("time_total_s")
-                    mine.append({**m, "time_total_s": share / n if isinstance(share, (int, float)) else share})
-            meta = {**t["meta"], "last_result": mine[-1] if mine else {}}
-            out.append(
-                {
-                    "trial_id": f"{t['trial_id']}-m{i}",
-                    "status": t["status"],
-                    "config": {**pack["shared"], **member},
-                    "logdir": t["logdir"],
-                    "meta": meta,
-                    "rows": mine,
-                }
-            )
-    return out
+__all__ = [
+    "DRIVER_MEMORY", "MEMBER_KEYS", "check_shape", "ddp_entry", "expand_packs", "max_concurrent", "member_count",
+    "pack_entry", "pack_param_space", "shaped_trainable",
+]  # fmt: skip

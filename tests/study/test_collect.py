@@ -1,4 +1,4 @@
-"""`study.results.collect` builds its tables column by column (issue 13: 10,000 trials in seconds).
+"""`study.results.tables.collect` builds its tables column by column (10,000 trials in seconds).
 
 Checked here against a row-by-row oracle (the plain reading of the rules, written out below) on a
 study directory in Tune's layout with every awkward case a real one has: a resumed trial that
@@ -17,7 +17,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from study.results import _NOT_METRIC_KEYS, collect, final_status, hyperparameter_columns
+from study.results.rows import NOT_METRIC_KEYS
+from study.results.tables import collect, hyperparameter_columns
+from study.results.trials import final_status
 from study.spec import load_spec
 from tests.conftest import write_spec
 
@@ -82,19 +84,24 @@ def _write_study(root: Path) -> tuple[Path, Any]:
 
 def _oracle(study: Path, spec: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rules, one row at a time: last report of each epoch; metrics = numeric non-Ray keys; final =
-    last finite value, best = max/min of the finite values; status and missing data as `collect`."""
-    from analysis.load import default_mode
-    from study.results import _error_message, _read_jsonl, _trials_from_state, missing_data
+    last finite value, best = max/min of the finite values by the direction the family declares (the
+    spec's mode for its metric if undeclared; no best for other undeclared metrics); status and
+    missing data as `collect`."""
+    from study.results.state import read_jsonl
+    from study.results.trials import error_message, missing_data, trials_from_state
+    from trainables import get_family
+
+    family = get_family(spec.trainable)
 
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     trial_rows, epoch_rows = [], []
-    for t in _trials_from_state(study):
+    for t in trials_from_state(study):
         trial_dir = study / t["logdir"]
-        by_epoch = {int(r["epoch"]): r for r in _read_jsonl(trial_dir / "result.json") if "epoch" in r}
+        by_epoch = {int(r["epoch"]): r for r in read_jsonl(trial_dir / "result.json") if "epoch" in r}
         epochs = [by_epoch[e] for e in sorted(by_epoch)]
-        names = sorted({k for r in epochs for k, v in r.items() if k not in _NOT_METRIC_KEYS and number(v)})
+        names = sorted({k for r in epochs for k, v in r.items() if k not in NOT_METRIC_KEYS and number(v)})
         for r in epochs:
             epoch_rows.append({"trial_id": t["trial_id"], "epoch": int(r["epoch"]),
                                **{m: float(r[m]) if number(r.get(m)) else math.nan for m in names},
@@ -110,12 +117,14 @@ def _oracle(study: Path, spec: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         for m in names:
             vals = [r[m] for r in epochs if number(r.get(m)) and math.isfinite(r[m])]
             row[f"final_{m}"] = vals[-1] if vals else math.nan
-            pick = min if (spec.mode if m == spec.metric else default_mode(m)) == "min" else max
-            row[f"best_{m}"] = pick(vals) if vals else math.nan
+            declared = family.metric(m)
+            direction = declared.direction if declared else spec.mode if m == spec.metric else None
+            if direction is not None:
+                row[f"best_{m}"] = (min if direction == "min" else max)(vals) if vals else math.nan
         row |= {"params": last.get("params"), "epochs_done": int(last.get("epoch", 0)) if last else 0,
                 "wall_time_s": float(last["time_total_s"]) if number(last.get("time_total_s")) else (math.nan if last else 0.0),
                 "num_failures": int(t["meta"].get("num_failures", 0) or 0),
-                "error": missing or (_error_message(trial_dir, t["meta"]) if status == "ERROR" else None)}  # fmt: skip
+                "error": missing or (error_message(trial_dir, t["meta"]) if status == "ERROR" else None)}  # fmt: skip
         trial_rows.append(row)
     return pd.DataFrame(sorted(trial_rows, key=lambda r: r["trial_id"])), pd.DataFrame(epoch_rows)
 
@@ -160,7 +169,7 @@ def test_collect_of_a_study_without_results(tmp_path: Path) -> None:
 
 def test_collect_in_worker_processes_is_the_same(tmp_path: Path, monkeypatch) -> None:
     """A large study's result files are parsed by worker processes (spawned): same tables."""
-    import study.trial_rows as tr
+    import study.results.rows as tr
 
     study, spec = _write_study(tmp_path)
     serial = collect(study, spec)

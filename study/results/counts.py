@@ -1,0 +1,64 @@
+"""Trial counts by status, without the result files, for `study ls` and `study status`.
+
+Read from the saved experiment state, ``spec.yaml`` (as plain YAML, not validated) and
+``study.json`` (`study.results.facts`): no torch, Ray, pandas or plotly is imported, so both
+commands answer in a fraction of a second. The counts are those of ``trials.parquet``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.errors import UserError, one_line
+from core.layout import SPEC_FILE
+from core.status import STATUSES
+from study.results.facts import epochs_default
+from study.results.trials import final_status, results_gone, trials_from_state
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """``3 terminated, 1 error`` in the order of `core.status.STATUSES`; ``no trials`` for none."""
+    parts = [f"{counts[s]} {s.lower()}" for s in STATUSES if counts.get(s)]
+    return ", ".join(parts) if parts else "no trials"
+
+
+def study_counts(study_dir: Path) -> dict[str, int]:
+    """Trials by status from the saved state (no result files read): as in trials.parquet."""
+    spec_file = Path(study_dir) / SPEC_FILE
+    try:
+        raw = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{spec_file}: cannot be read ({one_line(e, 200)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{spec_file}: not a study spec (a mapping of keys)")
+    try:  # a trial's config holds its fixed and searched keys: only the family default is missing
+        default = epochs_default(Path(study_dir), str(raw.get("trainable", "")))
+    except UserError:  # no spec (yet): epochs unknown, so no STOPPED
+        default = 0
+    scheduler = (raw.get("scheduler") or {}).get("type", "none") != "none"
+    counts: dict[str, int] = {}
+    for t in trials_from_state(study_dir):
+        last = t["meta"].get("last_result") or {}
+        status = final_status(t["status"], last, t["config"].get("epochs", default), scheduler=scheduler)
+        if t["status"] == "TERMINATED" and results_gone(Path(study_dir) / t["logdir"]):
+            status = "MISSING"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def list_studies(storage: str | Path) -> list[dict[str, Any]]:
+    """Studies under a storage root with trial counts by status (reads the state, not Ray)."""
+    from study.storage import Store
+
+    store = Store.open(storage)
+    out = []
+    for name in store.names():
+        try:  # one broken study (bad spec.yaml, unreadable state) is marked, the others still listed
+            study_dir = store.pull(name)
+            out.append({"name": name, "dir": study_dir, "counts": study_counts(study_dir), "error": None})
+        except Exception as e:  # noqa: BLE001
+            out.append({"name": name, "dir": None, "counts": {}, "error": one_line(e, 300)})
+    return out

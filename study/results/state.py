@@ -1,0 +1,298 @@
+"""Ray Tune's saved experiment state and trial logs, read as plain JSON (never unpickled), for the Ray
+version pinned.
+
+Why by hand: Ray's public readers (``ray.tune.ExperimentAnalysis``, ``ResultGrid`` from
+``Tuner.restore``) rebuild ``Trial`` objects with ``Trial.from_json_state``, and
+``Trial.__setstate__`` runs ``cloudpickle.loads`` on five hex fields of every trial (``results``,
+``placement_group_factory``, ...) and ``_TrainingRunMetadata.from_json_state`` unpickles each
+trial's checkpoint manager (ray 2.60.0: ``ray/tune/experiment/trial.py``,
+``ray/tune/experiment/experiment_analysis.py``). Reading results that way would run code from the
+study directory in `study status`, `ls`, `report` and `compare`. So this module reads only the
+JSON fields below and checks their shape: when a Ray upgrade changes them, every reader fails with
+one line naming the file and `RAY_TESTED`, not with wrong tables (tests/study/test_hardening.py).
+
+The state is ``experiment_state-<session>.json`` in the study directory, rewritten in place by Tune
+(not atomically) every few seconds; files of older sessions stay. Next to it Tune saves the
+searcher's and the callbacks' state of the same session (``basic-variant-state-<session>.json``,
+``search_gen_state-...``, ``searcher-state-...pkl``, ``callback-states-...pkl``): a snapshot is
+that set of files. `backup_snapshot` keeps the newest complete snapshot in ``.state-backup/`` and
+`repair_state` falls back to it (or to an older session) when the newest state file is corrupt.
+`read_jsonl` reads a trial's ``result.json`` (one JSON line per report).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from core.layout import EXPERIMENT_STATE_GLOB, TUNER_FILE
+
+RAY_TESTED = "2.60.0"  # the Ray release this reader was tested against (pyproject pins it)
+STATE_PATTERN = EXPERIMENT_STATE_GLOB
+BACKUP_DIR = ".state-backup"
+CORRUPT_SUFFIX = ".corrupt"  # a set-aside file no longer matches Tune's patterns (*.json, *.pkl)
+_SESSION = re.compile(r"^experiment_state-(?P<session>.+)\.json$")
+
+
+class StateError(UserError):
+    """The saved experiment state is unreadable or not in the format of `RAY_TESTED`."""
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """One trial as the saved state records it (JSON fields only)."""
+
+    trial_id: str
+    status: str  # PENDING RUNNING PAUSED TERMINATED ERROR
+    config: dict[str, Any]
+    logdir: str  # relative to the study directory
+    num_failures: int = 0
+    last_result: dict[str, Any] = field(default_factory=dict)
+    error_filename: str | None = None
+
+
+def parse_state(text: str | bytes, where: str) -> list[TrialState]:
+    """The trials of one experiment state file; `StateError` (one line) if it is not valid JSON or
+    not in the format this reader knows."""
+    try:
+        state = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateError(f"{where}: not valid JSON ({short_reason(e)}): the file is truncated or corrupt") from None
+    fmt = f"{where}: not an experiment state of Ray {RAY_TESTED} (see README, 'Upgrading Ray')"
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+        raise StateError(f"{fmt}: no trial_data list")
+    trials = []
+    for i, item in enumerate(state["trial_data"]):
+        try:
+            trial_json, meta_json = item
+            t = json.loads(trial_json)
+            meta = json.loads(meta_json) if isinstance(meta_json, str) else (meta_json or {})
+            trial_id, status = t["trial_id"], t.get("status", "PENDING")
+            config = t.get("config") or {}
+            if not (isinstance(trial_id, str) and isinstance(status, str) and isinstance(config, dict)):
+                raise TypeError("trial_id, status or config of the wrong type")
+            trials.append(
+                TrialState(
+                    trial_id=trial_id,
+                    status=status,
+                    config=config,
+                    logdir=t.get("relative_logdir") or f"trial_{trial_id}",
+                    num_failures=int(meta.get("num_failures", 0) or 0),
+                    last_result=meta.get("last_result") or {},
+                    error_filename=meta.get("error_filename"),
+                )
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise StateError(f"{fmt}: trial_data[{i}]: {short_reason(e)}") from None
+    return trials
+
+
+def short_reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:120] + "...") if len(text) > 120 else text or type(e).__name__
+
+
+def state_files(study_dir: Path) -> list[Path]:
+    """Experiment state files, oldest first (by the session timestamp in the name, as Tune orders them)."""
+    return sorted(p for p in Path(study_dir).glob(STATE_PATTERN) if p.is_file())
+
+
+@dataclass(frozen=True)
+class LatestState:
+    trials: list[TrialState]
+    path: Path | None  # the file read (None: no state yet)
+    skipped: list[tuple[Path, str]]  # newer files that could not be read, with why
+
+
+def read_latest(study_dir: Path) -> LatestState:
+    """The newest readable state: a corrupt newer file is skipped for an older session's file or the
+    backup snapshot, whichever is newer (`skipped` says which were passed over). A format error of
+    the newest readable file is raised (a Ray upgrade must not give silently wrong tables)."""
+    study_dir = Path(study_dir)
+    skipped: list[tuple[Path, str]] = []
+    backup = _backup_state(study_dir)
+    # newest session first (session names are timestamps); within a session the file in the study
+    # directory is newer than the backup copy of it
+    candidates = sorted(
+        [*state_files(study_dir), *([backup] if backup else [])],
+        key=lambda p: (session_of(p) or "", p != backup),
+        reverse=True,
+    )
+    first_format_error = None
+    for path in candidates:
+        try:
+            return LatestState(parse_state(path.read_bytes(), str(path)), path, skipped)
+        except StateError as e:
+            if "not valid JSON" not in str(e) and first_format_error is None:
+                first_format_error = e
+            skipped.append((path, str(e)))
+        except OSError as e:
+            skipped.append((path, f"{path}: cannot be read ({e.strerror or e})"))
+    if first_format_error is not None:
+        raise first_format_error
+    return LatestState([], None, skipped)
+
+
+def _backup_state(study_dir: Path) -> Path | None:
+    found = sorted((Path(study_dir) / BACKUP_DIR).glob(STATE_PATTERN))
+    return found[-1] if found else None
+
+
+def session_of(path: str | Path) -> str | None:
+    m = _SESSION.match(Path(path).name)
+    return m.group("session") if m else None
+
+
+def _snapshot_files(directory: Path, session: str) -> list[Path]:
+    """The files Tune wrote for one session's snapshot (state, searcher, callbacks)."""
+    return [
+        p
+        for p in Path(directory).iterdir()
+        if p.is_file() and (p.name.endswith(f"-{session}.json") or p.name.endswith(f"-{session}.pkl"))
+    ]
+
+
+def backup_snapshot(staging_dir: str | Path, study_dir: Path) -> bool:
+    """Copy the newest snapshot in Tune's driver staging directory (written synchronously by the
+    driver's loop, so complete when a callback runs) to ``STUDY/.state-backup/`` atomically, if its
+    state parses. Local storage only; returns True when a backup was written."""
+    staging = Path(staging_dir)
+    states = state_files(staging) if staging.is_dir() else []
+    if not states:
+        return False
+    newest = states[-1]
+    try:
+        parse_state(newest.read_bytes(), str(newest))
+    except (StateError, OSError):
+        return False
+    session = session_of(newest)
+    target = Path(study_dir) / BACKUP_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for src in _snapshot_files(staging, session):
+        tmp = target / f".{src.name}.tmp"
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, target / src.name)
+    for old in target.iterdir():  # keep one snapshot: the newest
+        if old.is_file() and not old.name.endswith((f"-{session}.json", f"-{session}.pkl")):
+            old.unlink(missing_ok=True)
+    return True
+
+
+def repair_state(study_dir: Path) -> str | None:
+    """Before Tune restores a study: if the newest state file is corrupt, set aside that session's
+    files (renamed ``*.corrupt``) and put back the newest good snapshot (the backup, or an older
+    session's files), so Tune never fails to restore and silently starts the study over. Returns a
+    one-line note of what was done, None when the state is fine; `StateError` (exit 2) when no good
+    snapshot exists."""
+    study_dir = Path(study_dir)
+    files = state_files(study_dir)
+    if not files:
+        return _no_state(study_dir)
+    newest = files[-1]
+    try:
+        parse_state(newest.read_bytes(), str(newest))
+        return None
+    except StateError as e:
+        problem = str(e)
+    bad = [f for f in files if not _parses(f)]
+    good = [f for f in files if f not in bad]
+    backup = _backup_state(study_dir)
+    if backup is not None and not _parses(backup):
+        backup = None
+    use_backup = backup is not None and (not good or session_of(backup) >= session_of(good[-1]))
+    if not use_backup and not good:
+        raise StateError(
+            f"{problem}; no earlier good copy of the state exists, so the study cannot be resumed safely: "
+            "start it again under a new --name (its finished trials stay in this directory)"
+        )
+    for f in bad:
+        for companion in _snapshot_files(study_dir, session_of(f)):
+            os.replace(companion, companion.with_name(companion.name + CORRUPT_SUFFIX))
+    if use_backup:
+        session = session_of(backup)
+        for src in _snapshot_files(backup.parent, session):
+            os.replace(_copy_tmp(src, study_dir), study_dir / src.name)
+        source = f"the backup copy saved at {_clock(backup)}"
+    else:
+        source = f"{good[-1].name} (saved at {_clock(good[-1])})"
+    return (
+        f"{newest.name} is corrupt ({problem.split(': ', 1)[-1]}); set aside as {newest.name}{CORRUPT_SUFFIX}, "
+        f"resuming from {source}"
+    )
+
+
+def _no_state(study_dir: Path) -> str | None:
+    """Tune's ``tuner.pkl`` is there but no state file (a run stopped within seconds of starting, or the
+    file was deleted): put back the backup, or start afresh when no trial has saved anything yet."""
+    backup = _backup_state(study_dir)
+    if backup is not None and _parses(backup):
+        for src in _snapshot_files(backup.parent, session_of(backup)):
+            os.replace(_copy_tmp(src, study_dir), study_dir / src.name)
+        return f"no {STATE_PATTERN} in {study_dir}; resuming from the backup copy saved at {_clock(backup)}"
+    saved = [p for p in study_dir.glob("trial_*/*") if p.name.startswith("checkpoint_") or p.name == "result.json"]
+    if saved:
+        raise StateError(
+            f"{study_dir}: no {STATE_PATTERN} (Tune's saved state) although trials saved results "
+            f"(e.g. {saved[0].relative_to(study_dir)}); the study cannot be resumed safely: start it again "
+            "under a new --name"
+        )
+    pkl = study_dir / TUNER_FILE
+    if pkl.exists():
+        os.replace(pkl, pkl.with_name(pkl.name + CORRUPT_SUFFIX))
+    return f"no state was saved before the last run stopped (no trial had saved anything): starting {study_dir.name} afresh"
+
+
+def _copy_tmp(src: Path, directory: Path) -> Path:
+    tmp = Path(directory) / f".{src.name}.tmp"
+    tmp.write_bytes(src.read_bytes())
+    return tmp
+
+
+def _parses(path: Path) -> bool:
+    try:
+        parse_state(path.read_bytes(), str(path))
+        return True
+    except (StateError, OSError):
+        return False
+
+
+def _clock(path: Path) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(path.stat().st_mtime))
+
+
+def matches_state(name: str) -> bool:
+    return fnmatch.fnmatch(name, STATE_PATTERN)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (Tune's result.json); a line cut by a crash is skipped."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    try:  # one parse of the whole file: a tenth of the per-line calls' cost on 100-epoch files
+        rows = json.loads("[" + ",".join(lines) + "]")
+        if all(isinstance(r, dict) for r in rows):
+            return rows
+    except json.JSONDecodeError:
+        pass
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

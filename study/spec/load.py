@@ -1,0 +1,67 @@
+"""A spec file in, a validated `Spec` out: `load_spec` (read, ``--set``, validate, check) and
+`parse_spec` for a raw dict; `spec_to_yaml` writes the resolved spec a study records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from core.errors import UserError, short
+from study.spec.checks import check_configs, check_keys, check_limits, check_shape
+from study.spec.model import Spec, default_paper_datasets
+from study.spec.overrides import apply_overrides
+from study.spec.yamlfile import read_yaml
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    # pydantic adds the union member's name (e.g. "Grid") to the location: drop those
+    parts: list[str] = []
+    for p in map(str, loc):
+        if p[:1].isupper() or (parts and parts[-1] == p):  # union member names; a tag repeating its field
+            continue
+        parts.append(p)
+    return ".".join(parts) or "(top level)"
+
+
+def _format_error(path: str, err: ValidationError) -> str:
+    errors = err.errors()
+    # a union failure reports every member; the most useful is the one deepest into the value
+    first = max(errors, key=lambda e: len(e["loc"])) if errors else None
+    if first is None:
+        return f"{path}: invalid spec"
+    msg = first["msg"].removeprefix("Value error, ")
+    where = _loc(first["loc"])
+    value = first.get("input")
+    shown = "" if first["type"] == "missing" or "got" in msg or not first["loc"] else f" (got {short(value)})"
+    if msg.startswith(f"{where}."):  # the validator named the exact key path itself
+        where, msg = msg.split(": ", 1)
+    extra = len({_loc(e["loc"]) for e in errors}) - 1
+    more = f" [+{extra} more error(s)]" if extra > 0 else ""
+    return f"{path}: {where}: {msg}{shown}{more}"
+
+
+def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
+    """Validate a raw dict into a `Spec`, including the trainable's known keys."""
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_format_error(str(path), e)) from None
+    check_limits(spec, path)
+    check_keys(spec, path)
+    check_configs(spec, path)
+    check_shape(spec, path)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override (``--set``) and validate a spec file."""
+    path = Path(path)
+    raw = apply_overrides(default_paper_datasets(read_yaml(path)), overrides or [])  # datasets: the file's source
+    return parse_spec(raw, path)
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=False), sort_keys=False)

@@ -1,0 +1,293 @@
+"""The spec's typed model: a search-space YAML parsed once into frozen pydantic objects.
+
+`Spec` is a whole study; `Grid`, `Choice`, `Uniform`, `LogUniform`, `RandInt` are the domains of
+its ``space``; `Data`, `Resources`, `Search`, `Scheduler`, `Paper` its sections. Field meanings are
+in the search-space YAML reference of the docs. The checks that need the trainable (known keys, value rules,
+packing) are in `study.spec.checks`; reading a file is `study.spec.load`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from core.errors import UserError, short
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Grid(_Strict):
+    grid: list[Any] = Field(min_length=1)
+
+    @field_validator("grid")
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        seen: set[Any] = set()
+        for v in values:  # linear: a 100,000-value axis is checked in milliseconds, before the size limits
+            key = _equality_key(v)
+            if key in seen:
+                raise ValueError(
+                    f"grid values must be distinct (each is run once per seed), but {short(v)} is repeated"
+                )
+            seen.add(key)
+        return values
+
+
+def _equality_key(v: Any) -> Any:
+    """A hashable stand-in for a YAML value that is equal for values that are == (1, 1.0 and True
+    alike, as in Python), lists and mappings included."""
+    if isinstance(v, list):
+        return ("list", tuple(_equality_key(x) for x in v))
+    if isinstance(v, dict):
+        return ("dict", frozenset((k, _equality_key(x)) for k, x in v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return ("repr", repr(v))
+    return v
+
+
+class Choice(_Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+class _Range(_Strict):
+    @staticmethod
+    def _check(lo: float, hi: float, positive: bool = False) -> None:
+        if not lo < hi:
+            raise ValueError(f"low < high must hold, but got low={lo}, high={hi}")
+        if positive and lo <= 0:
+            raise ValueError(f"low > 0 must hold for a log scale, but got low={lo}")
+
+
+class Uniform(_Range):
+    uniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        self._check(*self.uniform)
+        return self
+
+
+class LogUniform(_Range):
+    loguniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        self._check(*self.loguniform, positive=True)
+        return self
+
+
+class RandInt(_Range):
+    randint: tuple[int, int]  # high exclusive, as in ray.tune.randint
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandInt:
+        self._check(*self.randint)
+        return self
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # study names: directory names, no slashes
+NAME_MAX = 100
+
+
+def check_name(name: str, what: str = "study name") -> str:
+    """A study name is a directory name: NAME_PATTERN, at most NAME_MAX characters."""
+    if not (isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= NAME_MAX):
+        raise UserError(
+            f"{what} {name!r}: must be 1-{NAME_MAX} letters, digits, _ . - starting with a letter or digit (no slashes)"
+        )
+    return name
+
+
+DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+Domain = Annotated[
+    Annotated[Grid, Tag("grid")]
+    | Annotated[Choice, Tag("choice")]
+    | Annotated[Uniform, Tag("uniform")]
+    | Annotated[LogUniform, Tag("loguniform")]
+    | Annotated[RandInt, Tag("randint")],
+    Discriminator(lambda v: next(iter(v)) if isinstance(v, dict) else next(iter(type(v).model_fields))),
+]
+
+
+DATA_SOURCES = ("mnist", "mnist-5k", "cifar10", "cifar100", "svhn", "imagenet", "imagenet-subset")
+
+
+class Data(BaseModel):
+    """`source` picks the loader; `root` the download cache (or, for imagenet, your copy);
+    `classes_file` the class list of imagenet-subset; other keys are trainable config keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    source: Literal[DATA_SOURCES]
+    root: str | None = None
+    classes_file: str | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Loader keyword options beyond source and root (only those set)."""
+        return {"classes_file": self.classes_file} if self.classes_file else {}
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1, gt=0)
+    gpu: float = Field(default=0, ge=0)
+    workers: int = Field(default=1, ge=1)  # > 1: a data-parallel (DDP) trial, each worker cpu/gpu
+
+
+class Search(_Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(default=1, ge=1)  # samples per grid point (grid/random), configs (optuna)
+    seed: int | None = None  # seed of the search algorithm itself
+    max_concurrent: int | None = Field(default=None, ge=1)
+    # how grid axes combine: product (every combination) | cover (a covering set, see `grid_points`)
+    grid: Literal["product", "cover"] = "product"
+
+
+class Scheduler(_Strict):
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = Field(default=1, ge=1)  # epochs before a trial may be stopped
+    reduction_factor: float = Field(default=3, gt=1)
+
+
+class PaperResult(_Strict):
+    label: str
+    where: dict[str, Any] = Field(default_factory=dict)
+    metric: str
+    value: float
+    std: float | None = None
+    # the data the paper measured it on (default: the file's data.source, before any --set); a
+    # study on another source shows the row as reference only, without a reproduced verdict
+    dataset: str | None = None
+    # |ours - paper| that still counts as reproduced (default: std, else 3 points for fractions)
+    tolerance: float | None = Field(default=None, gt=0)
+
+
+class Claim(_Strict):
+    """A directional claim: group `a` has a greater (or less) `metric` than group `b`.
+
+    Groups are `where` filters on the trials (as paper rows have), both also restricted by the
+    shared `where`; with `within`, the comparison is made within each level (combination of
+    values) of those keys, e.g. per training-set size."""
+
+    label: str
+    quote: str = ""  # the paper's words
+    metric: str
+    a: dict[str, Any] = Field(min_length=1)
+    b: dict[str, Any] = Field(min_length=1)
+    direction: Literal["greater", "less"] = "greater"  # a > b | a < b
+    where: dict[str, Any] = Field(default_factory=dict)
+    within: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _two_groups(self) -> Claim:
+        if self.a == self.b:
+            raise ValueError("a and b must select different groups, but they are equal")
+        return self
+
+
+class Paper(_Strict):
+    citation: str = ""
+    results: list[PaperResult] = Field(default_factory=list)
+    claims: list[Claim] = Field(default_factory=list)
+
+
+class Spec(_Strict):
+    """A whole study. Field meanings are in the search-space YAML reference of the docs."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
+    description: str = ""
+    trainable: str
+    data: Data
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Domain] = Field(default_factory=dict)
+    repeats: int | None = Field(default=None, ge=1)
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    metric: str = "test_acc"
+    mode: Literal["max", "min"] = "max"
+    resources: Resources = Resources()
+    search: Search = Search()
+    scheduler: Scheduler = Scheduler()
+    max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
+    pack: int = Field(default=1, ge=1)  # trials trained together as one vectorised model (study.run.shapes)
+    paper: Paper = Paper()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_datasets(cls, raw: Any) -> Any:
+        return default_paper_datasets(raw)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _one_kind(cls, space: Any) -> Any:
+        if not isinstance(space, dict):
+            return space
+        for key, dom in space.items():
+            if not isinstance(dom, dict) or len(dom) != 1 or next(iter(dom)) not in DOMAIN_KINDS:
+                raise ValueError(
+                    f"space.{key}: must be a mapping with exactly one of {', '.join(DOMAIN_KINDS)}, but got {short(dom)}"
+                )
+        return space
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Spec:
+        if self.repeats is not None and self.seeds is not None:
+            raise ValueError("give either repeats or seeds, not both")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, but got {short(self.seeds)}")
+        if "seed" in self.space or "seed" in self.fixed:
+            raise ValueError("seed is set by repeats/seeds, not by space or fixed")
+        both = sorted(set(self.space) & (set(self.fixed) | set(self.data.config)))
+        if both:
+            raise ValueError(f"key(s) {', '.join(both)} both searched (space) and fixed; keep one")
+        if self.search.algorithm == "optuna":
+            grids = [k for k, d in self.space.items() if isinstance(d, Grid)]
+            if grids:
+                raise ValueError(f"optuna cannot search grid axes ({', '.join(grids)}); use choice: [...] instead")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else list(range(self.repeats or 1))
+
+    @property
+    def grid_axes(self) -> list[str]:
+        return [k for k, d in self.space.items() if isinstance(d, Grid)]
+
+    def base_config(self) -> dict[str, Any]:
+        """The trial config before sampling: data keys, then fixed keys."""
+        return {**self.data.config, **self.fixed}
+
+    def n_trials(self) -> int:
+        sizes = [len(d.grid) for d in self.space.values() if isinstance(d, Grid)]
+        grid = max(sizes, default=1) if self.search.grid == "cover" else math.prod(sizes)
+        return grid * self.search.num_samples * self.n_seeds
+
+    @property
+    def n_seeds(self) -> int:
+        """len(seed_list) without building the list (repeats are checked against MAX_REPEATS after this)."""
+        return len(self.seeds) if self.seeds is not None else (self.repeats or 1)
+
+
+def default_paper_datasets(raw: Any) -> Any:
+    """`raw` with ``dataset: <data.source>`` on each ``paper.results`` row that has none (a copy;
+    anything malformed is left for validation to report)."""
+    try:
+        source, rows = raw["data"]["source"], raw["paper"]["results"]
+    except (KeyError, TypeError):
+        return raw
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return raw
+    if all(r.get("dataset") is not None for r in rows):
+        return raw
+    rows = [r if r.get("dataset") is not None else {**r, "dataset": source} for r in rows]
+    return {**raw, "paper": {**raw["paper"], "results": rows}}
