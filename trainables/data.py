@@ -1,11 +1,18 @@
-"""MNIST sources shared by every study family.
+"""The data sources, declared once (`DATA_SOURCES`), and the MNIST sources every family reads.
 
-Two sources, both returning the same in-memory `ImageSet` (uint8 tensors, never a DataLoader):
+`SOURCE_TABLE` lists every ``data.source`` a spec may name, with its number of classes and how it
+is obtained (bundled with the package, downloaded once, or read from the user's own copy). The
+families' ``sources`` and the spec checker's list of sources are taken from it.
+
+Two MNIST sources, both returning the same in-memory `ImageSet` (uint8 tensors, never a DataLoader):
 
 - ``mnist``: torchvision's MNIST, downloaded once into a cache directory. The download is
   guarded by a file lock so that concurrent trials (or nodes sharing a disk) do not race.
 - ``mnist-5k``: the 5,000-image sample bundled with this package (``assets/mnist_5k.npz``),
   split once into disjoint train and test halves (2,500 each) by a fixed permutation.
+
+MNIST files already in the cache directory are read, never downloaded over; files there that
+cannot be read are reported as malformed (one line naming the folder), not as a failed download.
 
 Data is loaded once per study in the driver and reaches trials through the object store
 (``tune.with_parameters``); per-trial derivation (pairs, transforms) happens in the trial.
@@ -16,15 +23,51 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from core.errors import UserError
 
+
+@dataclass(frozen=True)
+class DataSource:
+    """One ``data.source`` value.
+
+    Args:
+        name: the value a spec names.
+        classes: the number of classes (None: from ``data.classes_file``).
+        kind: ``bundled`` (shipped with the package), ``download`` (fetched once into
+            ``data.root``), ``folder`` (the user's own class-folder copy under ``data.root``).
+        doc: one line for the docs.
+    """
+
+    name: str
+    classes: int | None
+    kind: Literal["bundled", "download", "folder"]
+    doc: str
+
+
+SOURCE_TABLE: dict[str, DataSource] = {
+    s.name: s
+    for s in (
+        DataSource("mnist", 10, "download", "MNIST (torchvision), 60,000 + 10,000 grey 28 x 28 digits"),
+        DataSource("mnist-5k", 10, "bundled", "5,000 MNIST digits bundled with the package: offline stand-in"),
+        DataSource("cifar10", 10, "download", "CIFAR-10, 50,000 + 10,000 colour 32 x 32 images"),
+        DataSource("cifar100", 100, "download", "CIFAR-100 (fine labels), 50,000 + 10,000 colour 32 x 32 images"),
+        DataSource("svhn", 10, "download", "SVHN cropped digits, 73,257 + 26,032 colour 32 x 32 images"),
+        DataSource("imagenet", 1000, "folder", "ILSVRC-2012 from your copy: root/train/<class>/*, root/val/<class>/*"),
+        DataSource("imagenet-subset", None, "folder", "the classes of ILSVRC-2012 listed in data.classes_file"),
+    )
+}
+DATA_SOURCES: tuple[str, ...] = tuple(SOURCE_TABLE)  # every data.source value (the spec checker's list)
+MNIST_SOURCES: tuple[str, ...] = ("mnist", "mnist-5k")
+SOURCES = MNIST_SOURCES  # the sources `load_mnist` reads (older name)
+
 BUNDLED_MNIST = Path(__file__).parent / "assets" / "mnist_5k.npz"
-SOURCES = ("mnist", "mnist-5k")
 DEFAULT_ROOT = "~/.cache/study-platform/data"  # where torchvision downloads go
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SPLIT_SEED = 20180401  # fixed permutation that splits the bundled sample into halves
 
 
@@ -51,7 +94,7 @@ def load_mnist(source: str, root: str | None = None) -> ImageSet:
         return _load_bundled()
     if source == "mnist":
         return _load_torchvision(Path(os.path.expanduser(root or DEFAULT_ROOT)))
-    raise UserError(f"data.source: unknown source {source!r}; known: {', '.join(SOURCES)}")
+    raise UserError(f"data.source: unknown source {source!r}; known: {', '.join(MNIST_SOURCES)}")
 
 
 def _load_bundled() -> ImageSet:
@@ -72,18 +115,43 @@ def _load_torchvision(root: Path) -> ImageSet:
     from filelock import FileLock
     from torchvision.datasets import MNIST
 
+    def read() -> tuple | None:
+        """Both splits if their files are in `root` (no network), None if they are not."""
+        folder = root / "MNIST"
+        raw = all((folder / "raw" / name).is_file() for name in MNIST_FILES)
+        legacy = all((folder / "processed" / name).is_file() for name in ("training.pt", "test.pt"))
+        if not (raw or legacy):
+            return None
+        try:
+            return MNIST(str(root), train=True, download=False), MNIST(str(root), train=False, download=False)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file, in whatever way it fails
+            raise UserError(f"data.source=mnist: the MNIST files in {folder} are malformed ({_first_line(e)})") from None
+
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"data.root: cannot create the download directory {root} ({e.strerror or e})") from None
-    try:
-        with FileLock(str(root / "mnist.download.lock"), timeout=1800):
-            train = MNIST(str(root), train=True, download=True)
-            test = MNIST(str(root), train=False, download=True)
-    except Exception as e:  # network errors come in many types (URLError, HTTPError, RuntimeError)
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"data.source=mnist: could not download mnist into {root} ({msg}); "
-            "offline, use the bundled sample: --set data.source=mnist-5k"
-        ) from None
+    splits = read()
+    if splits is None:
+        try:
+            with FileLock(str(root / "mnist.download.lock"), timeout=1800):
+                splits = read()  # another process may have downloaded it meanwhile
+                if splits is None:
+                    MNIST(str(root), train=True, download=True)
+                    MNIST(str(root), train=False, download=True)
+        except UserError:
+            raise
+        except Exception as e:  # network errors come in many types (URLError, HTTPError, RuntimeError)
+            raise UserError(
+                f"data.source=mnist: could not download mnist into {root} ({_first_line(e)}); "
+                "offline, use the bundled sample: --set data.source=mnist-5k"
+            ) from None
+        splits = splits or read()
+        if splits is None:
+            raise UserError(f"data.source=mnist: the download into {root} left no readable MNIST files")
+    train, test = splits
     return ImageSet(train.data, train.targets.long(), test.data, test.targets.long(), source="mnist")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__

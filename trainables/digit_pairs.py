@@ -76,7 +76,7 @@ from torch import nn
 from core import metrics as M
 from core.errors import UserError
 from trainables.common import ConfigError, Family, backward, check_finite, iterate_batches
-from trainables.data import ImageSet, load_mnist
+from trainables.data import MNIST_SOURCES, ImageSet, load_mnist
 
 DEFAULTS: dict[str, Any] = {
     "arch": "Siamese",  # FconnNet | ConvNet | parallelConv | Siamese (the paper's net names)
@@ -520,7 +520,7 @@ FAMILY = Family(
     name="digit_pairs",
     defaults=DEFAULTS,
     load_data=load_mnist,
-    sources=("mnist", "mnist-5k"),
+    sources=MNIST_SOURCES,
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,

@@ -95,6 +95,7 @@ from trainables.common import ConfigError, Family
 from trainables.images import (
     IMAGE_DEFAULTS,
     IMAGE_METRIC_PATTERNS,
+    IMAGE_SOURCES,
     check_batches_for_batchnorm,
     check_image_config,
     evaluate_images,
@@ -792,6 +793,7 @@ FAMILY = Family(
     name="encapnet",
     defaults=DEFAULTS,
     load_data=load_images,
+    sources=IMAGE_SOURCES,
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,

@@ -75,7 +75,7 @@ from core.errors import UserError
 from core.metrics import Metric
 from trainables.capsules import capsule_length, margin_loss, squash
 from trainables.common import ConfigError, Family, backward, check_finite, iterate_batches
-from trainables.data import ImageSet, load_mnist
+from trainables.data import MNIST_SOURCES, ImageSet, load_mnist
 
 NUM_CLASSES = 10
 DIGIT = 28  # MNIST side, px
@@ -525,7 +525,7 @@ FAMILY = Family(
     name="share_split",
     defaults=DEFAULTS,
     load_data=load_mnist,
-    sources=("mnist", "mnist-5k"),
+    sources=MNIST_SOURCES,
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,

@@ -53,6 +53,7 @@ from trainables.common import ConfigError, Family
 from trainables.images import (
     IMAGE_DEFAULTS,
     IMAGE_METRIC_PATTERNS,
+    IMAGE_SOURCES,
     TrialImages,
     check_batches_for_batchnorm,
     check_image_config,
@@ -371,6 +372,7 @@ FAMILY = Family(
     name=NAME,
     defaults=DEFAULTS,
     load_data=load_images,
+    sources=IMAGE_SOURCES,
     prepare=prepare,
     build=build,
     train_epoch=train_epoch,

@@ -42,3 +42,25 @@ def test_failed_download_suggests_offline_source(tmp_path, monkeypatch) -> None:
         data_mod.load_mnist("mnist", str(tmp_path))
     msg = str(info.value)
     assert "\n" not in msg and f"could not download mnist into {tmp_path}" in msg and "--set data.source=mnist-5k" in msg
+
+
+def test_malformed_local_mnist_files_are_reported_as_malformed(tmp_path) -> None:
+    """Files there that cannot be read are named as malformed, never as a failed download."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data_mod.MNIST_FILES:
+        (raw / name).write_bytes(b"\x00\x00\x08\x03 not an idx file")
+    with pytest.raises(UserError) as info:
+        data_mod.load_mnist("mnist", str(tmp_path))
+    msg = str(info.value)
+    assert "\n" not in msg and f"MNIST files in {tmp_path / 'MNIST'} are malformed" in msg
+    assert "could not download" not in msg
+
+
+def test_one_table_of_data_sources() -> None:
+    from trainables import REGISTRY
+    from trainables.images import IMAGE_SOURCES, NUM_CLASSES
+
+    assert data_mod.DATA_SOURCES == tuple(data_mod.SOURCE_TABLE) == IMAGE_SOURCES
+    assert {s for f in REGISTRY.values() for s in f.sources or ()} <= set(data_mod.DATA_SOURCES)
+    assert all(NUM_CLASSES[n] == s.classes for n, s in data_mod.SOURCE_TABLE.items() if s.classes is not None)
