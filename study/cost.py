@@ -177,58 +177,25 @@ def time_step(
     """Seconds of one training step of `cfg`'s model at its batch size on `device` (synthetic
     inputs of the family's input shape, its precision and memory format from ``amp`` and
     ``channels_last``), after two warm-up steps; with ``members`` > 1 the packed step of that many
-    members (`trainables.packing`). Returns ``{"step_s", "steps", "flops"}`` (``flops``: training
-    FLOPs of one step, forward and backward, when `count_flops`)."""
-    from trainables import get_family, runtime
-    from trainables.common import make_optimizer
+    members (`trainables.packing`). Returns ``{"step_s", "steps", "flops"}``; ``flops`` (with
+    `count_flops`): the training FLOPs of one step, forward and backward, of every member (one
+    model's, as FlopCounterMode counts them, times `members`)."""
+    from trainables import get_family
 
     family = get_family(trainable)
     if family.input_shape is None:
         raise UserError(f"trainable {trainable}: no input_shape, so its steps cannot be timed (--cost)")
     device = torch.device(device)
-    cfg = dict(cfg)
-    batch = int(cfg["batch_size"])
-    shape = tuple(family.input_shape(cfg))
     torch.manual_seed(0)
-    rt = runtime.for_trial(cfg, device)
-    if members == 1:
-        model = rt.prepare_model(family.build(cfg).to(device))
-        model.train()
-        opt = make_optimizer(model, cfg)
-        x = torch.rand((batch, *shape), device=device)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with rt.train():
-                loss = _loss_of(model(x))
-            loss.backward()
-            opt.step()
-
-    else:
-        from trainables.packing import PackedModel, PackedOptimizer
-
-        packed = PackedModel([family.build(cfg) for _ in range(members)], device)
-        packed.train(True)
-        popt = PackedOptimizer(packed.params, [cfg] * members, device)
-        x = torch.rand((members, batch, *shape), device=device)
-        active = torch.ones(members, dtype=torch.bool, device=device)
-        lr = popt.lr_at(0)
-
-        def step() -> None:
-            for p in packed.params.values():
-                p.grad = None
-            with rt.train():
-                loss = _loss_of(packed(x))
-            loss.backward()
-            popt.step(active, lr)
-
+    step = _single_step(family, cfg, device) if members == 1 else _packed_step(family, cfg, device, members)
     flops = None
     if count_flops:
         from torch.utils.flop_counter import FlopCounterMode
 
+        one = step if members == 1 else _single_step(family, cfg, device)
         with FlopCounterMode(display=False) as counter:
-            step()
-        flops = int(counter.get_total_flops())
+            one()
+        flops = int(counter.get_total_flops()) * members
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(2):
         step()
@@ -241,6 +208,51 @@ def time_step(
             sync()
     sync()
     return {"step_s": (time.perf_counter() - t0) / n, "steps": n, "flops": flops}
+
+
+def _single_step(family: Any, cfg: Mapping[str, Any], device: torch.device) -> Any:
+    """One trial's training step as `run_trial` runs it (runtime precision and memory format)."""
+    from trainables import runtime
+    from trainables.common import make_optimizer
+
+    rt = runtime.for_trial(cfg, device)
+    model = rt.prepare_model(family.build(dict(cfg)).to(device))
+    model.train()
+    opt = make_optimizer(model, cfg)
+    x = torch.rand((int(cfg["batch_size"]), *family.input_shape(cfg)), device=device)  # (B, ...)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with rt.train():
+            loss = _loss_of(model(x))
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _packed_step(family: Any, cfg: Mapping[str, Any], device: torch.device, members: int) -> Any:
+    """A pack's training step (`trainables.packing`: vmapped model, per-member optimiser)."""
+    from trainables import runtime
+    from trainables.packing import PackedModel, PackedOptimizer
+
+    rt = runtime.for_trial(cfg, device)
+    packed = PackedModel([family.build(dict(cfg)) for _ in range(members)], device)
+    packed.train(True)
+    opt = PackedOptimizer(packed.params, [dict(cfg)] * members, device)
+    x = torch.rand((members, int(cfg["batch_size"]), *family.input_shape(cfg)), device=device)  # (M, B, ...)
+    active = torch.ones(members, dtype=torch.bool, device=device)
+    lr = opt.lr_at(0)
+
+    def step() -> None:
+        for p in packed.params.values():
+            p.grad = None
+        with rt.train():
+            loss = _loss_of(packed(x))
+        loss.backward()
+        opt.step(active, lr)
+
+    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,12 +291,14 @@ def gpu_step(table: Mapping[str, Any], trainable: str, shown_model: Mapping[str,
     """(step seconds, how it was found) from a GPU table: the exact model, batch size and precision,
     else scaled by FLOPs from the family's nearest measured row of that precision."""
     want = precision_on_cuda(cfg)
-    rows = [r for r in table.get("steps", []) if r.get("family") == trainable and r.get("members", 1) == members]
-    same = [r for r in rows if r.get("precision") == want] or rows
-    for r in same:
-        if r.get("batch_size") == cfg["batch_size"] and all(r["config"].get(k) == v for k, v in shown_model.items()):
+    rows = [r for r in table.get("steps", []) if r.get("family") == trainable]
+    rows = [r for r in rows if r.get("members", 1) == members] or rows  # packs of another size: scaled
+    rows = [r for r in rows if r.get("precision") == want] or rows
+    for r in rows:
+        same_model = all(r["config"].get(k) == v for k, v in shown_model.items())
+        if same_model and r.get("batch_size") == cfg["batch_size"] and r.get("members", 1) == members:
             return float(r["step_s"]), f"measured on {table['device']}"
-    scalable = [r for r in same if r.get("flops") and flops]
+    scalable = [r for r in rows if r.get("flops") and flops]
     if not scalable:
         return None, f"no row for this model in the {table['device']} table"
     near = min(scalable, key=lambda r: abs(math.log(r["flops"] / flops)))
@@ -365,7 +379,7 @@ def estimate(
     study_s = STUDY_START_S + makespan(known, n_slots) if len(known) == len(jobs) and jobs else None
     where = f"{gpus:g} x {table['device']}" if table is not None else f"this machine ({cpus:g} CPUs)"
     return {
-        "spec": spec.name,
+        "study": spec.name,
         "where": where,
         "resources": spec.resources.model_dump(),
         "pack": spec.pack,

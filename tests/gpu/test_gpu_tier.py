@@ -37,6 +37,7 @@ PRECISIONS = {  # name -> the config keys that select it (trainables/runtime.py)
 # kernels sum in other orders (on the CPU both runs are the same computation: equal)
 DEVICE_LOSS_TOL = 2e-2
 DEVICE_ACC_TOL = 0.03  # test pairs of 200 that may flip
+pytestmark = pytest.mark.gpu
 FIRST_VARIANT = {f.name: next(iter(f.variants or {"defaults": {}})) for f in REGISTRY.values()}
 
 
