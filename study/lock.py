@@ -4,7 +4,10 @@ The lock holds the holder's host, pid (and the pid's start time, so a reused pid
 the holder) and a heartbeat the holder rewrites every `HEARTBEAT_S` seconds. A second run is
 refused with one line naming the holder. A lock left by a run that died is taken over: at once on
 the same host when its process is gone (kill -9), from another host once its heartbeat is older
-than `STALE_S` (a lost machine), so no dead run blocks a study for good.
+than `STALE_S` (a lost machine), so no dead run blocks a study for good. Inside a SLURM job the
+lock also records ``SLURM_JOB_ID`` and ``SLURM_RESTART_COUNT``: a lock of the same job with a lower
+restart count is taken over at once, whatever its host (SLURM ended that run before requeueing the
+job, which never runs twice at once).
 
 Guarded: local directories and ``file://`` URIs (created with O_CREAT|O_EXCL, atomic on local
 disks and on NFS v3+). Object stores (``s3://``, ``gs://``): best effort, the lock is written and
@@ -37,6 +40,18 @@ def _pid_start(pid: int) -> str | None:
         return None
 
 
+def _slurm() -> dict[str, Any]:
+    """The SLURM job and requeue count of this process ({} outside SLURM)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    try:
+        restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restart = 0
+    return {"slurm_job": job, "slurm_restart": restart}
+
+
 def _alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -65,6 +80,7 @@ class StudyLock:
             "pid_start": _pid_start(os.getpid()),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "heartbeat": time.time(),
+            **_slurm(),
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,6 +145,10 @@ class StudyLock:
         beat_age = time.time() - beat if isinstance(beat, (int, float)) else age
         if not holder:
             return "an unreadable lock file" if age > 10 else None
+        job, restart = holder.get("slurm_job"), holder.get("slurm_restart")
+        if job is not None and job == self.me.get("slurm_job") and isinstance(restart, int):
+            if restart < self.me["slurm_restart"]:  # an earlier run of this requeued job: SLURM ended it
+                return f"run of SLURM job {job} on {host} before its requeue (restart {restart}) is gone"
         if host == self.me["host"] and isinstance(pid, int):
             return None if _alive(pid, holder.get("pid_start")) else f"run on {host} (pid {pid}) is gone"
         if beat_age > STALE_S:
