@@ -159,17 +159,37 @@ class Scheduler(_Strict):
     reduction_factor: float = Field(default=3, gt=1)
 
 
+_PRINTED = r"^\s*[+-]?\d+(\.\d*)?\s*[kKMGB]?\s*%?\s*$"  # a number as a paper prints it: 25.55M, 0.907
+
+
+class Tolerance(_Strict):
+    """How far from the paper a reproduction may be: exactly one of the three (analysis.paper)."""
+
+    absolute: float | None = Field(default=None, gt=0)  # +/- this, in the metric's unit
+    relative: float | None = Field(default=None, gt=0)  # of the error rate / the gain / the value
+    printed: Literal[True] | None = None  # half a unit of the last printed digit of value/printed
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Tolerance:
+        given = [k for k in ("absolute", "relative", "printed") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"tolerance must give exactly one of absolute, relative, printed, but got {given}")
+        return self
+
+
 class PaperResult(_Strict):
     label: str
     where: dict[str, Any] = Field(default_factory=dict)
     metric: str
-    value: float
+    # the number, or the string the paper prints ("25.55M": judged as printed)
+    value: float | Annotated[str, Field(pattern=_PRINTED)]
+    printed: Annotated[str, Field(pattern=_PRINTED)] | None = None  # the value as printed, if rounded
     std: float | None = None
-    # the data the paper measured it on (default: the file's data.source, before any --set); a
-    # study on another source shows the row as reference only, without a reproduced verdict
+    # the data the paper measured it on (else the paper block's dataset; "any" for counts); a
+    # study on another source shows the row as reference only, one without any as not judged
     dataset: str | None = None
-    # |ours - paper| that still counts as reproduced (default: std, else 3 points for fractions)
-    tolerance: float | None = Field(default=None, gt=0)
+    # a number (absolute, in the metric's unit) or one rule; default: the rule of the metric's unit
+    tolerance: Annotated[float, Field(gt=0)] | Tolerance | None = None
 
 
 class Claim(_Strict):
@@ -187,16 +207,22 @@ class Claim(_Strict):
     direction: Literal["greater", "less"] = "greater"  # a > b | a < b
     where: dict[str, Any] = Field(default_factory=dict)
     within: list[str] = Field(default_factory=list)
+    kind: Literal["direction", "equivalence"] = "direction"  # equivalence: |a - b| < margin (TOST)
+    margin: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _two_groups(self) -> Claim:
         if self.a == self.b:
             raise ValueError("a and b must select different groups, but they are equal")
+        if (self.kind == "equivalence") != (self.margin is not None):
+            raise ValueError("kind: equivalence needs a margin, and only an equivalence claim has one")
         return self
 
 
 class Paper(_Strict):
     citation: str = ""
+    dataset: str | None = None  # the data every row was measured on, unless a row says otherwise
+    recipe: dict[str, Any] = Field(default_factory=dict)  # the paper's training recipe, e.g. {epochs: 25}
     results: list[PaperResult] = Field(default_factory=list)
     claims: list[Claim] = Field(default_factory=list)
 
