@@ -263,9 +263,12 @@ def create_app(storage: str | Path, *, token: str | None = None, loopback: bool 
         snap = live.snapshot()
         if snap.error:
             return _error(409, snap.error)
-        entry = reports.get(live, snap, wait=True)
-        if entry is None:
-            entry = reports.latest(live.name)
+        try:
+            entry = reports.get(live, snap, wait=True) or reports.latest(live.name)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - results the report functions cannot take: one line, the rest works
+            return _error(500, f"{live.name}: the report cannot be built from these results ({type(e).__name__}: {e})")
         version, payload, _ = entry
         return _json({**payload, "version": version, "stale": version != snap.version})
 

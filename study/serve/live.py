@@ -231,6 +231,8 @@ class LiveStudy:
         self._packs: dict[str, tuple[Any, list[dict]]] = {}
         self._snapshot: Snapshot | None = None
         self._entries: dict[str, dict] = {}
+        self._direction_of: Any = None
+        self._direction_spec: Any = None
         self._results: tuple[str, Any] | None = None
         self._epochs: tuple[str, pd.DataFrame] | None = None
         self.claims: pd.DataFrame | None = None  # the claims table of the last report built (index counts)
@@ -324,10 +326,12 @@ class LiveStudy:
             return 0
 
     def _read(self) -> Snapshot:
-        from study.results import final_status, hyperparameter_columns, missing_data
+        from study.results import hyperparameter_columns
         from trainables import get_family
 
         spec = self.spec()
+        if self._direction_of is None or self._direction_spec is not spec:
+            self._direction_of, self._direction_spec = _memo(_directions(spec)), spec
         entries = self._trials_state()
         hp_cols = hyperparameter_columns(spec)
         epochs_default = get_family(spec.trainable).all_defaults["epochs"]
@@ -354,8 +358,7 @@ class LiveStudy:
                 continue
             if summary is None:
                 summary = summarise(t["rows"])
-            row = _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir,
-                             final_status, missing_data)  # fmt: skip
+            row = _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, self._direction_of)
             self._rows[tid] = (sig, row, summary)
             rows.append(row)
         for gone in set(self._rows) - seen:
@@ -430,18 +433,29 @@ class LiveStudy:
         return results_dir(self.dir)
 
 
-def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, final_status, missing_data) -> dict:
+def _directions(spec: Any) -> Any:
+    """{metric: "min" | "max" | None} as `study.results.collect` decides which ``best_`` columns exist."""
+    try:
+        from study.results import directions
+    except ImportError:  # an older `study.results`: every metric has a best_, by its name
+        from analysis.load import default_mode
+
+        return lambda m: spec.mode if m == spec.metric else default_mode(m)
+    return lambda m: directions(spec, [m]).get(m)
+
+
+def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, direction_of) -> dict:
     """One row of the trials table, by `study.results.collect`'s rules."""
-    from analysis.load import default_mode
-    from study.results import error_line
+    from study.results import final_status, missing_data
 
     finals: dict[str, float] = {}
     bests: dict[str, float] = {}
     for m, vals in summary.metrics.items():
         arr = vals[np.isfinite(vals)]
-        mode = spec.mode if m == spec.metric else default_mode(m)
         finals[m] = float(arr[-1]) if arr.size else math.nan
-        bests[m] = (float(arr.min() if mode == "min" else arr.max())) if arr.size else math.nan
+        direction = direction_of(m)
+        if direction is not None:
+            bests[m] = (float(arr.min() if direction == "min" else arr.max())) if arr.size else math.nan
     last = summary.last
     config = t["config"]
     n_epochs = config.get("epochs", epochs_default)
@@ -458,14 +472,33 @@ def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, 
         row["seed"] = spec.seed_list[int(config["__trial_index__"])]
     for m in summary.metrics:
         row[f"final_{m}"] = finals[m]
-        row[f"best_{m}"] = bests[m]
+        if m in bests:
+            row[f"best_{m}"] = bests[m]
     row["params"] = last.get("params")
     row["epochs_done"] = int(last.get("epoch", 0)) if last else 0
     row["wall_time_s"] = num(last.get("time_total_s")) if last else 0.0
     row["num_failures"] = int(t["meta"].get("num_failures", 0) or 0)
-    err = error_line(trial_dir / (t["meta"].get("error_filename") or "error.txt")) if status == "ERROR" else None
-    row["error"] = missing or err or (last.get("error") if status == "DIVERGED" else None)
+    row["error"] = missing or (_error_message(trial_dir, t["meta"]) if status == "ERROR" else None) or (
+        last.get("error") if status == "DIVERGED" else None
+    )
     return row
+
+
+def _error_message(trial_dir: Path, meta: dict) -> str | None:
+    from study.results import error_line
+
+    return error_line(trial_dir / (meta.get("error_filename") or "error.txt"))
+
+
+def _memo(fn: Any) -> Any:
+    cache: dict[str, Any] = {}
+
+    def memo(m: str) -> Any:
+        if m not in cache:
+            cache[m] = fn(m)
+        return cache[m]
+
+    return memo
 
 
 def _epochs_frame(parts: list[tuple[str, TrialRows]]) -> pd.DataFrame:

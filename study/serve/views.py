@@ -46,16 +46,17 @@ def figure_json(item: Any, extra: Mapping[str, Any] | None = None) -> dict[str, 
     return {"section": item.section, "key": item.key, "caption": item.caption, "figure": fig, **(extra or {})}
 
 
-def _figure_targets(results: Any, tables: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+def _figure_targets(results: Any, tables: Mapping[str, pd.DataFrame], figures: Sequence[Any]) -> dict[str, dict]:
     """Per figure key, which hyperparameters a click or a brush on it selects."""
     from analysis.plots import heatmap_axes
 
     meta = results.meta
     trials = tables["trials"]
     out: dict[str, dict[str, Any]] = {f"effect-{x}": {"x": x} for x in meta.searched}
-    panel, pairs = heatmap_axes(results, trials)
-    for x, y in pairs:
-        out[f"heatmap-{x}-{y}"] = {"x": x, "y": y, "panel": panel}
+    if any(f.section == "heatmaps" for f in figures):
+        panel, pairs = heatmap_axes(results, trials)
+        for x, y in pairs:
+            out[f"heatmap-{x}-{y}"] = {"x": x, "y": y, "panel": panel}
     out["parallel"] = {"dims": [d for d in meta.searched if d in trials.columns] + [meta.metric_col]}
     return out
 
@@ -82,7 +83,7 @@ def study_report(results: Any, name: str) -> tuple[dict[str, Any], dict[str, pd.
     body = body_of(page)
     header = _HEADER.search(body)
     sections = {m["id"]: {"title": m["title"], "html": m["body"]} for m in _SECTION.finditer(body)}
-    targets = _figure_targets(results, tables)
+    targets = _figure_targets(results, tables, figures)
     payload = {
         "name": name,
         "header": header["body"] if header else "",
@@ -141,7 +142,7 @@ def scorecard_page(loaded: Sequence[tuple[str, Any]], skipped: Sequence[str], st
     """The scorecard over the storage's studies (`study scorecard`): its HTML and its table."""
     from analysis.scorecard import scorecard_html, scorecard_table, study_scorecard
 
-    parts = [study_scorecard(name, r, study_url(name)) for name, r in loaded]
+    parts = [study_scorecard(name, r, f"study/{name}") for name, r in loaded]  # relative to /scorecard
     table = scorecard_table(parts)
     return {"html": body_of(scorecard_html(table, storage=storage, skipped=skipped))}, table
 
