@@ -99,11 +99,11 @@ def test_progress_output_stays_readable_for_large_studies(monkeypatch) -> None:
     import io
     from types import SimpleNamespace
 
-    import study.results
-    from study.results import make_progress_callback
+    import study.run.callbacks
+    from study.run.callbacks import make_progress_callback
     from study.spec import load_spec
 
-    monkeypatch.setattr(study.results, "time", SimpleNamespace(time=lambda: 1000.0))  # no 5 s lines here
+    monkeypatch.setattr(study.run.callbacks, "time", SimpleNamespace(time=lambda: 1000.0))  # no 5 s lines here
 
     def trials(total: int) -> list:
         meta = SimpleNamespace(metric_analysis={"test_acc": {"max": 0.5}}, num_failures=0)
@@ -260,7 +260,7 @@ def test_report_on_read_only_storage_is_one_line_exit_2(finished: Path, tmp_path
     report writes (the same OSError a read-only mount raises)."""
     import errno
 
-    import study.results as results_mod
+    import study.results.tables as results_mod
 
     copied = copy_study(finished, tmp_path)
 
