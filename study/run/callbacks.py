@@ -187,6 +187,8 @@ def make_prune_callback(every_s: float = 30.0):
             except (OSError, ValueError, KeyError):  # pruning only saves space: never fail a study over it
                 pass
 
+    return PruneCheckpoints()
+
 
 def make_guard_callback():
     """A `ray.tune.Callback` that keeps a study safe while it runs (local storage): every second it
