@@ -123,7 +123,9 @@ def tolerance_band(row: Mapping[str, Any], metric: Metric | None, value: float) 
     """
     tol = row.get("tolerance")
     printed = parse_printed(row.get("printed")) or parse_printed(row.get("value"))
-    if tol is not None and not isinstance(tol, Mapping):
+    if isinstance(tol, Mapping):  # a dumped model carries the rules not given as None
+        tol = {k: v for k, v in tol.items() if v is not None and v is not False} or None
+    elif tol is not None:
         tol = {"absolute": tol}
     if tol is None:
         if metric is None:
