@@ -134,7 +134,7 @@ def gen_defaults() -> dict[str, str]:
                 comments[key] = image_comments.get(key, "")
         text = defaults_table(own, comments)
         if is_image:
-            text += "\nPlus the image keys at their defaults (see the data page).\n"
+            text += "\nPlus the image keys (`IMAGE_DEFAULTS`) at their defaults, listed under Image data in the guide.\n"
         out[f"defaults_{name}.md"] = text
     return out
 
@@ -164,6 +164,13 @@ def matches(where: dict[str, Any], config: dict[str, Any]) -> bool:
     return all(k in config and config[k] == v for k, v in where.items())
 
 
+def as_printed(row: Any) -> str:
+    """A paper row's value as the paper prints it ("25.55M"), else the number."""
+    if isinstance(row.value, str):
+        return row.value
+    return getattr(row, "printed", None) or f"{row.value:,.0f}"
+
+
 def gen_params() -> dict[str, str]:
     import torch
 
@@ -182,7 +189,7 @@ def gen_params() -> dict[str, str]:
         for cfg in distinct_models(spec):
             with torch.device("meta"):
                 params = count_params(family.build(cfg))
-            printed = [f"{r.value:,.0f}" for r in paper if matches(r.where, cfg)]
+            printed = [as_printed(r) for r in paper if matches(r.where, cfg)]
             rows.append([code(cfg.get(k)) for k in keys] + [f"{params:,}", ", ".join(printed)])
         header = [code(k) for k in keys] + ["parameters", "paper"]
         note = (
@@ -348,13 +355,56 @@ def gen_benchmarks() -> dict[str, str]:
     return out
 
 
+# ---- commands (from the CLI's parser) -------------------------------------------------------
+
+
+def commands_table() -> str:
+    """One row per `study` sub-command: its usage line (as argparse prints it) and its help."""
+    import os
+
+    os.environ["COLUMNS"] = "10000"  # argparse wraps usage lines at the terminal width: never here
+    from study.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    rows = []
+    for name, command in sub.choices.items():
+        usage = " ".join(command.format_usage().split()).removeprefix("usage: ").replace(" [-h]", "")
+        rows.append([code(usage), cell(helps.get(name) or "")])
+    return table(["command", "what it does"], rows)
+
+
+def gen_commands() -> dict[str, str]:
+    return {"commands.md": commands_table()}
+
+
+# Sections of README.md written here, between these markers (the README is read on GitHub,
+# where snippets are not expanded).
+README = REPO / "README.md"
+README_BLOCKS = {"commands": commands_table}
+
+
+def readme_text(current: str) -> str:
+    """README.md with every generated block rewritten."""
+    for name, render in README_BLOCKS.items():
+        begin = f"<!-- begin generated: {name} (scripts/gen_docs.py) -->\n"
+        end = "<!-- end generated -->\n"
+        if begin not in current:
+            continue
+        head, rest = current.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        current = head + begin + render() + end + tail
+    return current
+
+
 # ---- driver -------------------------------------------------------------------------------
 
 
 def generate() -> dict[str, str]:
     """{file name: Markdown} of every generated snippet."""
     snippets: dict[str, str] = {}
-    for part in (gen_defaults, gen_spaces, gen_params, gen_benchmarks):
+    for part in (gen_commands, gen_defaults, gen_spaces, gen_params, gen_benchmarks):
         snippets.update(part())
     return {name: HEADER + text for name, text in sorted(snippets.items())}
 
@@ -381,14 +431,19 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     snippets = generate()
+    readme_now = README.read_text()
+    readme = readme_text(readme_now)
     if a.check:
-        stale = stale_files(a.out, snippets)
+        stale = stale_files(a.out, snippets) + (["README.md"] if readme != readme_now else [])
         if stale:
             print(f"{a.out}: stale generated docs: {', '.join(stale)}; run python scripts/gen_docs.py", file=sys.stderr)
             return 1
         print(f"{a.out}: {len(snippets)} generated files current")
         return 0
     write(a.out, snippets)
+    if a.out == OUT and readme != readme_now:
+        README.write_text(readme)
+        print("rewrote the generated blocks of README.md")
     print(f"wrote {len(snippets)} files to {a.out}")
     return 0
 
