@@ -1,6 +1,6 @@
-"""Issue 14, fault injection on real local runs (`study run` subprocesses, each with its own local
-Ray): a second run of a running study (2), SIGTERM (5) and what resuming after it does with a
-corrupt experiment state (1) and corrupt or crafted checkpoints (3, 4), and a full disk (6).
+"""Fault injection on real local runs (`study run` subprocesses, each with its own local Ray): a
+second run of a running study, SIGTERM and what resuming after it does with a corrupt experiment
+state and corrupt or crafted checkpoints, and a full disk.
 
 One study is run once and stopped with SIGTERM while two of its trials have saved >= 2 checkpoints
 (module fixture); the other tests copy it and break the copy before resuming it. Asserts are on

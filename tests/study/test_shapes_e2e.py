@@ -1,4 +1,4 @@
-"""Trial shapes end to end on a real local Ray (issue 13): a packed study is its members in every
+"""Trial shapes end to end on a real local Ray: a packed study is its members in every
 table; a 2-worker DDP study (gloo) reports each epoch once, matches the 1-worker study at the same
 global batch, and resumes after kill -9 from its last checkpoint."""
 

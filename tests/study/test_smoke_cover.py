@@ -1,6 +1,6 @@
-"""`--smoke` covers the space: every value of every grid axis runs at least once (issue 12, part 2).
+"""`--smoke` covers the space: every value of every grid axis runs at least once .
 
-The configurations are the ones Ray Tune's own variant generator makes from `to_param_space`
+The configurations are the ones Ray Tune's own variant generator makes from `study.run.tuner.to_param_space`
 (no Ray started), so the test checks what a smoke run really runs. It globs the directory: a
 space added later is covered by the same test.
 """
@@ -14,7 +14,8 @@ import yaml
 from ray.tune.search.variant_generator import generate_variants
 
 from study.errors import UserError
-from study.spec import grid_points, load_spec, smoke_spec, to_param_space
+from study.run.tuner import to_param_space
+from study.spec import grid_points, load_spec, smoke_spec
 from trainables import get_family
 from trainables.common import resolve_config
 
@@ -58,7 +59,7 @@ def test_smoke_covers_every_grid_value(path: Path) -> None:
 
 
 def test_share_split_smoke_runs_the_box_task_and_the_long_schedule() -> None:
-    """The issue's example: the first-values smoke never ran task cls_box nor copies 80."""
+    """The motivating example: the first-values smoke never ran task cls_box nor copies 80."""
     spec = load_spec(next(p for p in SPACES if p.name == "share_split.yaml"))
     configs = ray_configs(smoke_spec(spec, dict(get_family(spec.trainable).smoke)))
     assert {c["task"] for c in configs} == {"cls", "cls_box"}

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from study.errors import UserError
-from study.spec import apply_overrides, load_spec, load_yaml, smoke_spec, to_param_space
+from study.run.tuner import to_param_space
+from study.spec import apply_overrides, load_spec, load_yaml, smoke_spec
 
 SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
 
