@@ -272,16 +272,20 @@ def create_app(storage: str | Path, *, token: str | None = None, loopback: bool 
         version, payload, _ = entry
         return _json({**payload, "version": version, "stale": version != snap.version})
 
+    trials_cache: dict[str, tuple[str, bytes]] = {}
+
     def api_trials(request: Request) -> Response:
         live = live_or_404(request.path_params["name"])
         snap = live.snapshot()
         etag = f'"{snap.version}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"etag": etag, "cache-control": "no-cache"})
-        searched = [s for s in (live.spec().space if not snap.error else {}) if s in snap.trials.columns]
-        body = {"version": snap.version, "error": snap.error, "searched": searched,
-                **views.trial_rows(snap.trials, searched)}  # fmt: skip
-        return _json(body, headers={"etag": etag, "cache-control": "no-cache"})
+        cached = trials_cache.get(live.name)
+        if cached is None or cached[0] != snap.version:
+            searched = [k for k in (live.spec().space if not snap.error else {}) if k in snap.trials.columns]
+            body = views.trials_json(snap.trials, searched, version=snap.version, error=snap.error, searched=searched)
+            cached = trials_cache[live.name] = (snap.version, body)
+        return Response(cached[1], media_type="application/json", headers={"etag": etag, "cache-control": "no-cache"})
 
     def trial_checkpoints(live: Any, trial_id: str) -> list[dict]:
         trial_dir = live.trial_dir(trial_id)

@@ -4,7 +4,7 @@
 A name from a URL is used only if it is a study the storage lists (a directory with a
 ``spec.yaml``) whose resolved path lies inside the storage: ``..``, slashes, and symlinks that
 lead out of the storage are refused. The index is read from Tune's saved state only (the counts
-of `study status`, by `study.results.study_counts`), never from the result files, and computed
+of `study status`, as `study.results.study_counts` counts them), never from the result files, and computed
 again for a study only when its spec, state or directory changed.
 """
 
@@ -141,11 +141,9 @@ class Catalog:
         return row
 
     def _compute_row(self, name: str, live: LiveStudy, state: list[Path]) -> dict[str, Any]:
-        from study.results import study_counts
-
         try:
             spec = live.spec()
-            counts = study_counts(live.dir)
+            counts = live.state_counts()
         except Exception as e:  # noqa: BLE001 - a broken study is marked on its row, the others as usual
             raw = live.raw_spec()
             return _row(name, trainable=str(raw.get("trainable") or ""), error=one_line(e, 300),

@@ -231,6 +231,7 @@ class LiveStudy:
         self._packs: dict[str, tuple[Any, list[dict]]] = {}
         self._snapshot: Snapshot | None = None
         self._entries: dict[str, dict] = {}
+        self._parsed: dict[tuple, Any] = {}
         self._direction_of: Any = None
         self._direction_spec: Any = None
         self._results: tuple[str, Any] | None = None
@@ -273,23 +274,57 @@ class LiveStudy:
         backup = sorted((self.dir / tune_state.BACKUP_DIR).glob(EXPERIMENT_STATE_GLOB))
         key = tuple((p.name, file_key(p)) for p in [*files, *backup])
         if key != self._state_key:
-            latest = tune_state.read_latest(self.dir)
-            if latest.path is None and latest.skipped:
-                raise tune_state.StateError(latest.skipped[0][1])
-            if latest.path is None and any(self.dir.glob(f"trial_*/{RESULT_FILE}")):
-                raise tune_state.StateError(
-                    f"{self.dir}: no {EXPERIMENT_STATE_GLOB} (Tune's saved state) although trials have results: "
-                    "the state was deleted; the trials cannot be told apart from leftovers"
-                )
+            fast = self._parse_newest(files, backup)
+            if fast is None:  # a corrupt or missing newest file: Tune's fallbacks, as every reader has them
+                latest = tune_state.read_latest(self.dir)
+                if latest.path is None and latest.skipped:
+                    raise tune_state.StateError(latest.skipped[0][1])
+                if latest.path is None and any(self.dir.glob(f"trial_*/{RESULT_FILE}")):
+                    raise tune_state.StateError(
+                        f"{self.dir}: no {EXPERIMENT_STATE_GLOB} (Tune's saved state) although trials have results: "
+                        "the state was deleted; the trials cannot be told apart from leftovers"
+                    )
+                trials, self._state_notes = latest.trials, [one_line(why, 300) for _, why in latest.skipped]
+            else:
+                trials, self._state_notes = fast, []
             self._state = [
                 {"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir,
                  "meta": {"num_failures": t.num_failures, "last_result": t.last_result,
                           "error_filename": t.error_filename}}
-                for t in latest.trials
+                for t in trials
             ]  # fmt: skip
-            self._state_notes = [one_line(why, 300) for _, why in latest.skipped]
             self._state_key = key
         return self._expand(self._state)
+
+    def _parse_newest(self, files: list[Path], backup: list[Path]) -> list | None:
+        """The trials of the newest state file, each trial entry parsed (by `tune_state.parse_state`)
+        only when its text changed since the last read; None when the newest file does not parse or
+        a newer backup exists (then `tune_state.read_latest` decides)."""
+        from study import tune_state
+
+        if not files:
+            return None
+        newest = files[-1]
+        if backup and (tune_state.session_of(backup[-1]) or "") > (tune_state.session_of(newest) or ""):
+            return None
+        try:
+            state = json.loads(newest.read_bytes())
+            items = state["trial_data"] if isinstance(state, dict) else None
+            if not isinstance(items, list):
+                return None
+            parsed, out = {}, []
+            for item in items:
+                key = tuple(item) if isinstance(item, list) and all(isinstance(x, str) for x in item) else None
+                trial = self._parsed.get(key) if key else None
+                if trial is None:
+                    (trial,) = tune_state.parse_state(json.dumps({"trial_data": [item]}), str(newest))
+                if key:
+                    parsed[key] = trial
+                out.append(trial)
+        except (OSError, ValueError, tune_state.StateError):
+            return None
+        self._parsed = parsed
+        return out
 
     def _expand(self, entries: list[dict]) -> list[dict]:
         from study.shapes import expand_packs
@@ -338,6 +373,7 @@ class LiveStudy:
         scheduler = spec.scheduler.type != "none"
         rows, seen, newest = [], set(), max([k[1][1] for k in self._state_key if k[1]] or [0])
         self._entries = {t["trial_id"]: t for t in entries}
+        self._prime([t for t in entries if "rows" not in t and t["trial_id"] not in self._files])
         for t in entries:
             tid = t["trial_id"]
             seen.add(tid)
@@ -376,6 +412,47 @@ class LiveStudy:
         digest = hashlib.blake2b(version.encode(), digest_size=10).hexdigest()
         total = max(len(trials), spec.n_trials())
         return Snapshot(digest, trials, counts, total, newest or self._mtime(), None, list(self._state_notes))
+
+    def _prime(self, fresh: list[dict]) -> None:
+        """A first read of many result files: parsed by worker processes (`summarise_files`)."""
+        from study.trial_rows import PARALLEL_MIN_TRIALS, summarise_files
+
+        if len(fresh) < PARALLEL_MIN_TRIALS:
+            return
+        paths = [self.dir / t["logdir"] / RESULT_FILE for t in fresh]
+        keys = [file_key(p) for p in paths]
+        for t, path, key, rows in zip(fresh, paths, keys, summarise_files(paths)):
+            rf = ResultFile()
+            if key and key[0] and key == file_key(path):
+                try:
+                    with open(path, "rb") as f:
+                        head = f.read(HEAD_BYTES)
+                        f.seek(key[0] - 1)
+                        complete = f.read(1) == b"\n"
+                except OSError:
+                    complete = False
+                if complete:  # else read again, by the rules of a file being written
+                    rf.key, rf.offset, rf.head, rf.done, rf.view, rf.reads = key, key[0], head, rows, rows, key[0]
+                    self._files[t["trial_id"]] = rf
+
+    def state_counts(self) -> dict[str, int]:
+        """Trials by status from the saved state, as `study.results.study_counts` counts them (no
+        result file read; its state file parsed incrementally)."""
+        from study.results import final_status
+        from trainables import get_family
+
+        with self.lock:
+            spec = self.spec()
+            default = get_family(spec.trainable).all_defaults["epochs"]
+            scheduler = spec.scheduler.type != "none"
+            counts: dict[str, int] = {}
+            for t in self._trials_state():
+                last = t["meta"].get("last_result") or {}
+                status = final_status(t["status"], last, t["config"].get("epochs", default), scheduler=scheduler)
+                if t["status"] == "TERMINATED" and not (file_key(self.dir / t["logdir"] / RESULT_FILE) or (0,))[0]:
+                    status = "MISSING"
+                counts[status] = counts.get(status, 0) + 1
+            return counts
 
     def config(self, trial_id: str) -> dict[str, Any]:
         """A trial's config as the saved state records it ({} when unknown)."""

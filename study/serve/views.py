@@ -99,16 +99,21 @@ def study_report(results: Any, name: str) -> tuple[dict[str, Any], dict[str, pd.
     return payload, tables
 
 
-def trial_rows(trials: pd.DataFrame, searched: Sequence[str]) -> dict[str, Any]:
-    """The trials table as {columns, rows}, each searched value also as the text the figures label
-    it with (``_text_<key>``: `analysis.plots.text`), so a selection in a figure matches rows."""
+def trials_json(trials: pd.DataFrame, searched: Sequence[str], **extra: Any) -> bytes:
+    """The trials table as JSON ``{..extra, columns, rows}``, each searched value also as the text the
+    figures label it with (``_text_<key>``: `analysis.plots.text`), so a selection in a figure
+    matches rows. Written by pandas in one pass (10,000 trials in a fraction of a second)."""
+    import json
+
     from analysis.plots import text
 
     frame = trials.copy()
     for key in searched:
         if key in frame.columns:
             frame[f"_text_{key}"] = [text(v) for v in frame[key]]
-    return {"columns": [c for c in frame.columns if not c.startswith("_text_")], "rows": records(frame)}
+    head = json.dumps({**extra, "columns": [c for c in trials.columns]})
+    rows = frame.to_json(orient="records", double_precision=10, default_handler=str) if len(frame) else "[]"
+    return (head[:-1] + ',"rows":' + rows + "}").encode()
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
