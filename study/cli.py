@@ -161,6 +161,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     import json
 
     from study.spec.load import load_spec
+    from study.trackers.settings import check_installed
 
     if a.json and not (a.models or a.cost):
         raise UserError("--json: only with --models or --cost")
@@ -171,6 +172,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     listed: list[dict] = []
     for path in a.specs:
         spec = load_spec(path, a.overrides)
+        check_installed(spec.log_to, path)
         if not a.json:
             print(f"{path}: ok ({spec.trainable}, {spec.n_trials()} trials, metric {spec.metric} {spec.mode})")
         if a.models:

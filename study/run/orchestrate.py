@@ -38,6 +38,7 @@ from study.spec.load import load_spec
 from study.spec.model import Spec, check_name
 from study.spec.smoke import smoke_spec
 from study.storage import Store
+from study.trackers.settings import check_installed
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Sp
     from trainables import get_family
 
     spec = load_spec(spec_path, overrides)
+    check_installed(spec.log_to, spec_path)  # a tracker's package: one line naming the extra
     if smoke:
         spec = smoke_spec(spec, dict(get_family(spec.trainable).smoke))
     return spec

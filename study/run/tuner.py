@@ -14,6 +14,7 @@ from study.run.callbacks import make_guard_callback, make_prune_callback
 from study.spec.grid import CoverValue
 from study.spec.model import Choice, Grid, LogUniform, RandInt, Spec, Uniform
 from study.storage import Store
+from study.trackers import tracker_callbacks
 
 
 def trial_entry(config: dict, data: Any = None, *, family_name: str, seeds: list[int] | None = None) -> None:
@@ -147,6 +148,7 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any) -
             # deleted one after a crash); finished trials keep only their last (PruneCheckpoints)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
-            callbacks=[progress, make_prune_callback(), make_guard_callback()],
+            callbacks=[progress, make_prune_callback(), make_guard_callback(),
+                       *tracker_callbacks(spec, storage=store.root, remote=store.remote)],  # fmt: skip
         ),
     )

@@ -63,5 +63,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     return parse_spec(raw, path)
 
 
+TRACKER_KEYS = ("log_to", "tensorboard", "mlflow", "wandb")  # left out while unset: older studies' spec.yaml match
+
+
 def spec_to_yaml(spec: Spec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=False), sort_keys=False)
+    data = spec.model_dump(mode="json", exclude_none=False)
+    for key in TRACKER_KEYS:
+        if data.get(key) in (None, []):
+            data.pop(key, None)
+    return yaml.safe_dump(data, sort_keys=False)

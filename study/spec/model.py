@@ -15,6 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from core.errors import UserError, short
+from study.trackers.settings import (
+    MLflowSettings,
+    TensorBoardSettings,
+    Tracker,
+    WandbSettings,
+    check_log_to,
+    check_used,
+)
 
 
 class _Strict(BaseModel):
@@ -246,6 +254,13 @@ class Spec(_Strict):
     max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
     pack: int = Field(default=1, ge=1)  # trials trained together as one vectorised model (study.run.shapes)
     paper: Paper = Paper()
+    # experiment trackers (study.trackers): which ones, and each one's settings under its name
+    log_to: list[Tracker] = Field(default_factory=list)
+    tensorboard: TensorBoardSettings | None = None
+    mlflow: MLflowSettings | None = None
+    wandb: WandbSettings | None = None
+    _log_to = field_validator("log_to")(check_log_to)
+    _used = field_validator("tensorboard", "mlflow", "wandb")(check_used)
 
     @model_validator(mode="before")
     @classmethod
