@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from study.errors import UserError
-from study.spec import Spec, example_configs
+from core.errors import UserError
+from study.spec.grid import example_configs
+from study.spec.model import Spec
 
 
 def model_keys(spec: Spec) -> tuple[str, ...]:

@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.errors import DiskFull, UserError
+from core.errors import DiskFull, UserError
+from core.layout import RESULTS_DIR, SPEC_FILE
 
 CACHE = Path(os.environ.get("STUDY_CACHE", "~/.cache/study-platform/studies")).expanduser()
 
@@ -100,13 +101,13 @@ class Store:
     def names(self) -> list[str]:
         """Studies (directories with a spec.yaml) under this root."""
         if not self.remote:
-            return sorted(p.parent.name for p in Path(self.root).glob("*/spec.yaml"))
+            return sorted(p.parent.name for p in Path(self.root).glob(f"*/{SPEC_FILE}"))
         import pyarrow.fs
 
         fs, base = self._fs()
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
         dirs = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
-        return sorted(d for d in dirs if fs.get_file_info(f"{base}/{d}/spec.yaml").type == pyarrow.fs.FileType.File)
+        return sorted(d for d in dirs if fs.get_file_info(f"{base}/{d}/{SPEC_FILE}").type == pyarrow.fs.FileType.File)
 
     def pull(self, name: str) -> Path:
         """Mirror a remote study locally (no checkpoints); returns `local_dir(name)`."""
@@ -119,7 +120,7 @@ class Store:
         src = f"{base}/{name}"
         for info in fs.get_file_info(pyarrow.fs.FileSelector(src, recursive=True, allow_not_found=True)):
             rel = info.path[len(src) + 1 :]
-            if info.type != pyarrow.fs.FileType.File or "checkpoint_" in rel or rel.startswith("results/"):
+            if info.type != pyarrow.fs.FileType.File or "checkpoint_" in rel or rel.startswith(f"{RESULTS_DIR}/"):
                 continue
             dst = local / rel
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError
-from study.spec import check_name, load_spec
+from core.errors import UserError
+from study.spec.load import load_spec
+from study.spec.model import check_name
 
 # Not uploaded with the project (Ray also skips what .gitignore lists).
 UPLOAD_EXCLUDES = [

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.layout import EXPERIMENT_STATE_GLOB, TUNER_FILE
+from core.layout import EXPERIMENT_STATE_GLOB, RESULT_FILE, TUNER_FILE
 
 RAY_TESTED = "2.60.0"  # the Ray release this reader was tested against (pyproject pins it)
 STATE_PATTERN = EXPERIMENT_STATE_GLOB
@@ -235,7 +235,7 @@ def _no_state(study_dir: Path) -> str | None:
         for src in _snapshot_files(backup.parent, session_of(backup)):
             os.replace(_copy_tmp(src, study_dir), study_dir / src.name)
         return f"no {STATE_PATTERN} in {study_dir}; resuming from the backup copy saved at {_clock(backup)}"
-    saved = [p for p in study_dir.glob("trial_*/*") if p.name.startswith("checkpoint_") or p.name == "result.json"]
+    saved = [p for p in study_dir.glob("trial_*/*") if p.name.startswith("checkpoint_") or p.name == RESULT_FILE]
     if saved:
         raise StateError(
             f"{study_dir}: no {STATE_PATTERN} (Tune's saved state) although trials saved results "
