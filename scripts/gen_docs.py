@@ -362,16 +362,23 @@ def commands_table() -> str:
     """One row per `study` sub-command: its usage line (as argparse prints it) and its help."""
     import os
 
-    os.environ["COLUMNS"] = "10000"  # argparse wraps usage lines at the terminal width: never here
     from study.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.dest: a.help for a in sub._choices_actions}
     rows = []
-    for name, command in sub.choices.items():
-        usage = " ".join(command.format_usage().split()).removeprefix("usage: ").replace(" [-h]", "")
-        rows.append([code(usage), cell(helps.get(name) or "")])
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "10000"  # argparse wraps usage lines at the terminal width: not here
+    try:
+        for name, command in sub.choices.items():
+            usage = " ".join(command.format_usage().split()).removeprefix("usage: ").replace(" [-h]", "")
+            rows.append([code(usage), cell(helps.get(name) or "")])
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
     return table(["command", "what it does"], rows)
 
 
@@ -382,7 +389,18 @@ def gen_commands() -> dict[str, str]:
 # Sections of README.md written here, between these markers (the README is read on GitHub,
 # where snippets are not expanded).
 README = REPO / "README.md"
-README_BLOCKS = {"commands": commands_table}
+def spaces_brief() -> str:
+    """The shipped spaces, short: file, family, data, trials."""
+    from study.spec import load_spec
+
+    rows = []
+    for path in sorted(SPACES.glob("*.yaml")):
+        spec = load_spec(path)
+        rows.append([code(path.name), code(spec.trainable), code(spec.data.source), f"{spec.n_trials():,}"])
+    return table(["file", "family", "data", "trials"], rows)
+
+
+README_BLOCKS = {"commands": commands_table, "spaces": spaces_brief}
 
 
 def readme_text(current: str) -> str:
