@@ -64,6 +64,13 @@ def check_keys(spec: Spec, path: str | Path) -> None:
     metrics = ", ".join((*family.metrics, *(f"/{p}/" for p in family.metric_patterns)))
     if not family.knows_metric(spec.metric):
         raise UserError(f"{path}: metric: {family.name} reports no metric {spec.metric!r}; known: {metrics}")
+    declared = family.metric(spec.metric)
+    if declared is not None and declared.direction != spec.mode:
+        better = "lower" if declared.direction == "min" else "higher"
+        raise UserError(
+            f"{path}: mode: {family.name} declares {spec.metric} {better} is better, so mode must be "
+            f"{declared.direction}, but got {spec.mode}"
+        )
     hp = set(known) | {"seed"}
     for i, r in enumerate(spec.paper.results):
         for key in r.where:

@@ -149,6 +149,11 @@ BAD = [
         "s.yaml: metric: digit_pairs reports no metric 'accuracy'; known: ",
     ),
     (
+        "mode against the declared direction",
+        with_(metric="test_loss", mode="max"),
+        "s.yaml: mode: digit_pairs declares test_loss lower is better, so mode must be min, but got max",
+    ),
+    (
         "paper metric",
         with_(paper={"results": [{"label": "x", "metric": "test_accuracy", "value": 0.9}]}),
         "s.yaml: paper.results.0.metric: digit_pairs reports no metric 'test_accuracy'; known: ",
