@@ -11,8 +11,11 @@ Tolerances: a row's ``tolerance:`` (a number: absolute, in the metric's unit; or
 exactly one of ``absolute``, ``relative``, ``printed: true``), else the default rule of the
 metric's unit (`DEFAULT_RULES`). Each verdict shows its rule.
 
-Verdicts (`paper_verdict`): the reproduced 95 % CI against the band the rule gives; a
-deterministic metric (counts, sizes) is judged on its single value (n = 1) and never "too wide".
+Verdicts (`paper_verdict`): the reproduced 95 % CI over seeds against the band the rule gives;
+a deterministic metric (counts, sizes) is judged on its single value (n = 1) and never "too
+wide". Seeds that all give the same value are judged on that value from `MIN_TIED_SEEDS` seeds
+on; fewer tied seeds are "too wide to tell" (n too small), never a zero-width CI. Beside each
+verdict: its flags (`analysis.provenance`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Report figures: pure functions from result tables (see `analysis.tables`) to Plotly figures.
+"""Report figures: pure functions from result tables (`analysis.plotdata`) to Plotly figures.
 
 Every text that comes from the study (level names, labels) goes through `text`, which escapes
 HTML: Plotly renders a subset of HTML in titles, legends and ticks, and a study must not be able
@@ -6,12 +6,15 @@ to inject markup. Rules the report relies on:
 
 - Effect plot of a searched hyperparameter x: one line per level of the *group*, the categorical
   searched hyperparameter other than x with the largest spread of level means
-  (`analysis.tables.choose_group`); a discrete x shows, per (group, x), the best configuration
-  of the other hyperparameters (mean and CI over its repeats, `analysis.tables.profile`); a
+  (`analysis.plotdata.choose_group`); a discrete x shows, per (group, x), the best configuration
+  of the other hyperparameters (mean and CI over its repeats, `analysis.plotdata.profile`); a
   continuous x (random search) shows bins of x. Log x axis for ``loguniform`` keys and positive
   values spanning two decades or more (e.g. training-set sizes, learning rates).
 - Heat maps for every pair of grid axes; with three or more grid axes, the categorical one with
-  the most effect becomes the panel (one panel per net), the others are paired.
+  the most effect becomes the panel (one panel per net), the others are paired. A map of one
+  value gets a colour bar around it.
+- Metric axes are percentages only for metrics declared as fractions; numeric x axes of whole
+  numbers are ticked at those numbers; bands are clipped to the unit's bounds (in the tables).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from analysis.aggregate import default_group_by, finished, is_categorical, is_co
 from analysis.format import format_value
 from analysis.load import StudyResults
 from analysis.plotdata import binned_effect, choose_group, marginal, profile, repeated, wants_log_axis
+from core.errors import printable
 
 COLORS = qualitative.Plotly + qualitative.D3
 HEIGHT = 420  # px, default figure height
@@ -51,8 +55,8 @@ class FigureItem:
 
 
 def text(value: Any) -> str:
-    """A value as display text, HTML-escaped for Plotly's pseudo-HTML labels."""
-    return html.escape(format_value(value) if not isinstance(value, str) else value)
+    """A value as display text, HTML-escaped for Plotly's pseudo-HTML labels, control characters removed."""
+    return html.escape(printable(format_value(value) if not isinstance(value, str) else value))
 
 
 def metric_title(metric_col: str) -> str:
@@ -111,7 +115,7 @@ def effect_figure(
 ) -> go.Figure:
     """Metric against hyperparameter `x`: mean and CI, one line per level of `group`.
 
-    `table` is `analysis.tables.profile` (keys [group, x]) or `binned_effect` output: columns
+    `table` is `analysis.plotdata.profile` (keys [group, x]) or `binned_effect` output: columns
     x (or ``x``), ``mean``, ``ci_lo``, ``ci_hi``, ``n`` and optionally ``config``.
     """
     xcol = x if x in table.columns else "x"
@@ -170,7 +174,7 @@ def heatmap_figure(
     """Mean metric over the (x, y) grid, one panel per level of `panel`, one shared colour scale
     (around the value when every cell has the same one).
 
-    `table` is `analysis.tables.profile` output with keys [panel, x, y].
+    `table` is `analysis.plotdata.profile` output with keys [panel, x, y].
     """
     panels = list(panel_order) if panel_order is not None else (list(pd.unique(table[panel])) if panel else [None])
     cols = min(len(panels), 4)
@@ -232,7 +236,7 @@ def curves_figure(
 ) -> go.Figure:
     """Learning curves: per-epoch mean (line) and 95% CI (band) over repeats, one panel per metric.
 
-    `curves` is `analysis.tables.learning_curves` output (long format).
+    `curves` is `analysis.plotdata.learning_curves` output (long format).
     """
     metrics = [m for m in metrics if m in set(curves["metric"])] or list(pd.unique(curves["metric"]))
     fig = make_subplots(rows=1, cols=max(len(metrics), 1), subplot_titles=[text(m) for m in metrics])
@@ -375,7 +379,7 @@ def best_comparison_figure(
 ) -> go.Figure:
     """Bars of each study's best configurations (mean and CI of `metric_col`), one colour per study.
 
-    `best` maps a study name to its `analysis.tables.best_configs` table with a ``label`` column.
+    `best` maps a study name to its `analysis.aggregate.best_configs` table with a ``label`` column.
     """
     fig = go.Figure()
     for i, (name, table) in enumerate(best.items()):

@@ -1,4 +1,4 @@
-"""The scorecard over a storage, the claims section of a report and `study scorecard` (issue 12, part 3)."""
+"""The scorecard over a storage, the claims section of a report and `study scorecard`."""
 
 from __future__ import annotations
 

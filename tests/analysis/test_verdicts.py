@@ -265,3 +265,27 @@ def test_scorecard_page_wide_bh_column() -> None:
 
 SHARING = {"label": "sharing", "metric": "test_acc", "a": {"weight_sharing": True}, "b": {"weight_sharing": False}}
 AUX = {**SHARING, "label": "aux", "a": {"aux_loss": True}, "b": {"aux_loss": False}}
+
+
+def test_smoke_runs_get_a_banner_and_are_left_out_of_the_scorecard(tmp_path, write_study) -> None:
+    from analysis import report as R
+
+    smoke = ablation_study(claims=[SHARING], repeats=3, name="abl-smoke")
+    smoke.metadata["smoke"] = True
+    real = ablation_study(effects={"weight_sharing": 0.04}, claims=[SHARING], repeats=3, name="abl")
+    for s in (smoke, real):
+        write_study(tmp_path / s.spec["name"], s)
+    page = R.write_study_outputs(tmp_path / "abl-smoke").read_text()
+    assert "<b>Smoke run</b>" in page
+    R.write_study_outputs(tmp_path / "abl")
+    card = pd.read_parquet(tmp_path / "scorecard.parquet")
+    assert set(card["study"]) == {"abl"}
+    assert "abl-smoke (smoke run)" in (tmp_path / "scorecard.html").read_text()
+    R.write_scorecard(R.storage_studies(tmp_path), tmp_path / "all.html", include_smoke=True)
+    assert set(pd.read_parquet(tmp_path / "scorecard.parquet")["study"]) == {"abl", "abl-smoke"}
+
+
+def test_printed_text_is_escaped_and_stripped_of_control_characters() -> None:
+    from analysis.format import esc
+
+    assert esc("<b>\x1b[31mred\x07</b>") == "&lt;b&gt;[31mred&lt;/b&gt;"
