@@ -25,6 +25,7 @@ ORDER: list[tuple[str | None, str, list[tuple[str, str | None]]]] = [
             ("data.md", None),
             ("images.md", "Image data"),
             ("shapes.md", "Trial shapes: DDP and packs"),
+            ("performance.md", None),
             ("where-to-run.md", None),
             ("clusters.md", "Running on a cluster"),
             ("slurm.md", None),
