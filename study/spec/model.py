@@ -320,11 +320,12 @@ class Spec(_Strict):
 
 
 def default_paper_datasets(raw: Any) -> Any:
-    """`raw` with ``dataset: <data.source>`` on each ``paper.results`` row that has none (a copy;
-    anything malformed is left for validation to report)."""
+    """`raw` with ``dataset: <paper.dataset>`` (else ``<data.source>``) on each ``paper.results`` row
+    that has none (a copy; anything malformed is left for validation to report)."""
     try:
         source, rows = raw["data"]["source"], raw["paper"]["results"]
-    except (KeyError, TypeError):
+        source = raw["paper"].get("dataset") or source
+    except (KeyError, TypeError, AttributeError):
         return raw
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return raw
