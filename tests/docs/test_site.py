@@ -82,13 +82,23 @@ def test_readme_is_a_landing_page() -> None:
             assert (REPO / target).exists(), f"README links {target}, which does not exist"
 
 
+def prose_lines(page: Path):
+    """(line number, line) of a Markdown page outside fenced code blocks."""
+    fenced = False
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield n, line
+
+
 def test_docs_have_no_first_person_no_ticket_numbers_no_private_notes() -> None:
     pages = [README, REPO / "CHANGELOG.md", *(REPO / "docs").rglob("*.md")]
     pattern = re.compile(r"\b(?:[Ww]e|[Oo]urs?|[Ii]ssue \d+)\b|PAPERS\.md")
     found = [
         f"{page.relative_to(REPO)}:{n}: {m.group(0)}"
         for page in pages
-        for n, line in enumerate(page.read_text().splitlines(), 1)
+        for n, line in prose_lines(page)
         for m in pattern.finditer(line)
     ]
     assert not found, found[:10]
