@@ -3,9 +3,10 @@
 - **A packed trial is its members.** A Tune trial of ``pack: N`` trains N trials at once (its config
   ``{"__pack__": ...}``, each result a ``members`` mapping); every tracker sees N trials instead, with
   the ids, configs and metrics of the tables (``<trial id>-m<i>``, see `study.shapes.expand_packs`).
-- **Logging never fails a study.** Every hook is guarded: a tracker that raises prints one warning
-  line, stops logging, and the study goes on. MLflow's HTTP retries are capped so that an
-  unreachable server costs seconds, once.
+- **Logging never blocks or fails a study.** Each tracker's hooks run in order on its own thread,
+  so a slow store or server never holds up Tune's loop; every call is guarded: a tracker that raises
+  prints one warning line, stops logging, and the study goes on. At the end of a run the thread gets
+  `FLUSH_S` seconds to finish sending. MLflow's HTTP retries are capped.
 
 Tune pickles its callbacks into the study's ``tuner.pkl``: the trackers a study starts with are the
 ones its resumed runs use. Paths inside the study (the default MLflow store, W&B's offline runs)
@@ -15,7 +16,9 @@ are found from the trials' storage when the first trial starts, so they follow a
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from core.errors import one_line
 
 MLFLOW_DB = "mlruns.db"  # the default MLflow store, inside the study directory
 WANDB_DIR = "wandb"  # W&B writes STUDY/wandb/offline-run-* (offline) or run-* (online)
+FLUSH_S = float(os.environ.get("STUDY_TRACKER_FLUSH_S", "120"))  # seconds a tracker may take to finish at the end
 
 
 # --- a pack's members as trials ------------------------------------------------------------------
@@ -82,6 +86,45 @@ class _Tracker:
         self._searched = tuple(searched)
         self._members: dict[str, list[MemberTrial]] = {}
         self._broken: str | None = None
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__() or {})  # Tune pickles its callbacks: no thread, no queue
+        state["_queue"] = state["_thread"] = None
+        return state
+
+    # --- the tracker's thread ---
+    def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Run fn(*args, **kwargs) on this tracker's thread, after the calls submitted before it."""
+        if self._broken is not None:
+            return
+        if threading.current_thread() is self._thread:  # a hook calling another hook: at once, in order
+            self._safely(fn, *args, **kwargs)
+            return
+        if self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, args=(self._queue,), name=f"study-{self.tracker}",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+        self._queue.put((fn, args, kwargs))
+
+    def _work(self, calls: queue.Queue) -> None:
+        while (item := calls.get()) is not None:
+            fn, args, kwargs = item
+            self._safely(fn, *args, **kwargs)
+
+    def _flush(self, timeout: float) -> None:
+        """Let the thread finish what it was given (at most `timeout` seconds), then end it."""
+        thread, calls = self._thread, self._queue
+        if thread is None or calls is None:
+            return
+        calls.put(None)
+        thread.join(timeout)
+        self._thread = self._queue = None
+        if thread.is_alive():
+            print(f"[study] warning: {self.tracker} was still sending after {timeout:.0f}s at the end of the run; "
+                  "the rest of its logging is left out", file=sys.stderr, flush=True)  # fmt: skip
 
     # --- guarding ---
     def _safely(self, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -114,36 +157,37 @@ class _Tracker:
 
     # --- the hooks (LoggerCallback's) ---
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        self._safely(super().setup, *args, **kwargs)
+        self._submit(super().setup, *args, **kwargs)
 
     def log_trial_start(self, trial: Any) -> None:
         for view in self._views(trial):
-            self._safely(super().log_trial_start, view)
+            self._submit(super().log_trial_start, view)
 
     def log_trial_restore(self, trial: Any) -> None:
         for view in self._views(trial):
-            self._safely(super().log_trial_restore, view)
+            self._submit(super().log_trial_restore, view)
 
     def log_trial_save(self, trial: Any) -> None:
         for view in self._views(trial):
-            self._safely(super().log_trial_save, view)
+            self._submit(super().log_trial_save, view)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         views = self._views(trial)
         if views == [trial]:
-            self._safely(super().log_trial_result, iteration, trial, result)
+            self._submit(super().log_trial_result, iteration, trial, dict(result))
             return
         per_member = member_results(result)
         for view in views:
             if view.index in per_member:
-                self._safely(super().log_trial_result, iteration, view, per_member[view.index])
+                self._submit(super().log_trial_result, iteration, view, per_member[view.index])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         for view in self._views(trial):
-            self._safely(super().log_trial_end, view, failed=failed)
+            self._submit(super().log_trial_end, view, failed=failed)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._safely(super().on_experiment_end, trials, **info)
+        self._submit(super().on_experiment_end, trials, **info)
+        self._flush(FLUSH_S)
 
 
 def _study_dir(trial: Any) -> Path | None:
@@ -243,6 +287,7 @@ class _WandbRuns(WandbLoggerCallback):
         super().setup(*args, **kwargs)
 
     def log_trial_start(self, trial: Any) -> None:
+        trial.init_local_path()  # the logging actor changes into it (before Tune's own loggers create it)
         if "dir" not in self.kwargs:
             study = _study_dir(trial)
             if study is not None:

@@ -3,6 +3,8 @@ and a failing tracker that warns once and lets the study go on."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -108,6 +110,7 @@ def test_a_pack_is_logged_as_its_members(tmp_path: Path) -> None:
               "members": {"0": {"epoch": 1, "test_acc": 0.5}, "1": {"epoch": 1, "test_acc": 0.7}}}  # fmt: skip
     cb.log_trial_result(1, trial, result)
     cb.log_trial_end(trial)
+    cb._flush(10)  # the calls run on the tracker's own thread
     starts = [c for c in cb.calls if c[0] == "start"]
     assert [c[1] for c in starts] == ["abc_00000-m0", "abc_00000-m1"]  # the tables' member ids
     assert starts[1][2] == {"arch": "ConvNet", "epochs": 2, "lr": 0.01, "seed": 1}
@@ -126,6 +129,7 @@ def test_a_plain_trial_is_passed_through(tmp_path: Path) -> None:
     cb = Tracked()
     cb.log_trial_start(trial)
     cb.log_trial_result(1, trial, {"epoch": 1, "test_acc": 0.9})
+    cb._flush(10)
     assert cb.calls[0][:3] == ("start", "t_1", {"lr": 0.1, "seed": 0})
     assert cb.calls[1] == ("result", "t_1", {"epoch": 1, "test_acc": 0.9})
 
@@ -137,11 +141,44 @@ def test_a_failing_tracker_warns_once_and_stops(tmp_path: Path, capsys: pytest.C
     for i in range(3):
         cb.log_trial_result(i, trial, {"epoch": i})  # raises inside: never out of the callback
     cb.log_trial_end(trial)
+    cb._flush(10)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0] == ("[study] warning: recorder logging stopped (ConnectionError: tracking server unreachable); "
                       "the study goes on")  # fmt: skip
     assert [c[0] for c in cb.calls] == ["start"]  # stopped after the error
+
+
+class Hanging(Recorder):
+    """A tracker whose store hangs on every new run until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def log_trial_start(self, trial) -> None:
+        self.release.wait(10)
+
+
+class HangingTracked(_Tracker, Hanging):
+    tracker = "hanging"
+
+    def __init__(self) -> None:
+        Hanging.__init__(self)
+        self._init_tracker(())
+
+
+def test_a_slow_tracker_does_not_hold_up_the_loop(tmp_path: Path) -> None:
+    cb = HangingTracked()
+    trial = SimpleNamespace(trial_id="t_1", config={"lr": 0.1}, local_path=str(tmp_path))
+    t0 = time.monotonic()
+    cb.log_trial_start(trial)
+    cb.log_trial_result(1, trial, {"epoch": 1})
+    assert time.monotonic() - t0 < 1.0  # returned at once: the work is queued on the tracker's thread
+    assert cb.calls == []
+    cb.release.set()
+    cb._flush(10)
+    assert cb.calls == [("result", "t_1", {"epoch": 1})]
 
 
 def test_member_results_of_a_plain_result_is_empty() -> None:
