@@ -8,8 +8,9 @@ and ``study status NAME`` as fresh processes: several repetitions each, the medi
 beside them (the machine may be shared).
 
 Run: ``.venv/bin/python benchmarks/bench_cli.py`` (writes ``benchmarks/results/cli.json``).
-``--repo DIR`` times another checkout (e.g. a ``git worktree`` of an older commit) against the
-same storage; ``--before FILE`` adds an earlier run's figures to the JSON for comparison.
+``--before-repo DIR`` also times another checkout in the same run, against the same storage (e.g.
+``git worktree add /tmp/before <older commit>``), and records it under ``before``. The studies
+carry ``study.json`` as `study run` writes it (an older checkout ignores the file).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES, TRIALS, EPOCHS = 20, 8, 4
+FACTS: dict = {}  # study.json of a digit-pair study (set by write_storage)
 
 
 def write_study(root: Path, name: str, trials: int = TRIALS, epochs: int = EPOCHS) -> Path:
@@ -54,10 +56,16 @@ def write_study(root: Path, name: str, trials: int = TRIALS, epochs: int = EPOCH
         meta = {"num_failures": 0, "last_result": rows[-1], "error_filename": None}
         entries.append([json.dumps(trial), json.dumps(meta)])
     (d / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": entries}))
+    (d / "study.json").write_text(json.dumps(FACTS))
     return d
 
 
 def write_storage(root: Path, studies: int = STUDIES) -> list[str]:
+    global FACTS
+    sys.path.insert(0, str(REPO))
+    from study.results.facts import family_facts
+
+    FACTS = family_facts("digit_pairs")
     names = [f"study{i:02d}" for i in range(studies)]
     for name in names:
         write_study(root, name)
@@ -82,7 +90,7 @@ def measure(repo: Path, storage: Path, name: str, reps: int) -> dict[str, float]
         "study_status": [py, "-m", "study.cli", "status", name, "--storage", str(storage)],
     }
     times: dict[str, list[float]] = {k: [] for k in cmds}
-    for k, cmd in cmds.items():
+    for cmd in cmds.values():
         _time(cmd, repo)  # warm-up: the page cache, .pyc files
     for _ in range(reps):
         for k, cmd in cmds.items():
@@ -93,14 +101,17 @@ def measure(repo: Path, storage: Path, name: str, reps: int) -> dict[str, float]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", type=Path, default=REPO, help="checkout whose `study` is timed (default: this one)")
+    p.add_argument("--before-repo", type=Path, help="an older checkout, timed in the same run for comparison")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cli.json")
-    p.add_argument("--before", type=Path, help="an earlier run's JSON, kept under 'before' for comparison")
     a = p.parse_args(argv)
+    before = None
     with tempfile.TemporaryDirectory() as tmp:
         names = write_storage(Path(tmp))
         load_before = os.getloadavg()
         med = measure(a.repo.resolve(), Path(tmp), names[0], a.reps)
+        if a.before_repo:
+            before = measure(a.before_repo.resolve(), Path(tmp), names[0], max(3, a.reps // 2))
         load_after = os.getloadavg()
     result = {
         "studies": STUDIES, "trials_per_study": TRIALS, "epochs": EPOCHS, "repetitions": a.reps,
@@ -110,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "repo": str(a.repo),
     }  # fmt: skip
-    if a.before:
-        result["before"] = json.loads(a.before.read_text())
+    if before:
+        result["before"] = {
+            "repo": str(a.before_repo),
+            "median_s": {k: round(v, 4) for k, v in before.items()},
+            "ratio_to_python_pass": {k: round(v / before["python_pass"], 2) for k, v in before.items() if k != "python_pass"},
+            "speedup": {k: round(before[k] / med[k], 1) for k in med if k != "python_pass"},
+        }  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
