@@ -43,6 +43,9 @@ from study.trackers.settings import check_installed
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """What a run ended with: the study's local directory, its trials by status, the report page
+    (None with ``--no-report``)."""
+
     study_dir: Path
     counts: dict[str, int]
     report: Path | None
@@ -53,6 +56,7 @@ class RunOutcome:
 
 
 def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Spec:
+    """The spec a run uses: the file with its ``--set`` values, or the smoke version of that."""
     from trainables import get_family
 
     spec = load_spec(spec_path, overrides)
