@@ -242,8 +242,21 @@ def claim_tests(
                     "level": config_label(level, list(level)),
                     "n_a": 1 if fixed_metric else len(ga),
                     "n_b": 1 if fixed_metric else len(gb),
-                    **{k: test[k] for k in ("mean_a", "mean_b", "diff", "ci_lo", "ci_hi", "effect_size", "g_lo",
-                                            "g_hi", "t", "df")},  # fmt: skip
+                    **{
+                        k: test[k]
+                        for k in (
+                            "mean_a",
+                            "mean_b",
+                            "diff",
+                            "ci_lo",
+                            "ci_hi",
+                            "effect_size",
+                            "g_lo",
+                            "g_hi",
+                            "t",
+                            "df",
+                        )
+                    },  # fmt: skip
                     "p_value": math.nan if exact else p,
                     "n_paired": len(common),
                     **{k: pair.get(k, math.nan) for k in ("paired_diff", "paired_ci_lo", "paired_ci_hi", "paired_p")},

@@ -208,8 +208,11 @@ def header_html(
         ("Trainable", esc(meta.trainable) or "—"),
         ("Data source", esc(meta.data_source) or "—"),
         ("Ranked by", f"final {esc(meta.metric)} ({'higher' if meta.mode == 'max' else 'lower'} is better)"),
-        ("Declared metrics", esc(", ".join(f"{k} ({m.unit}, {m.direction})" for k, m in meta.semantics.items()))
-         or "none: every metric is shown raw, without verdicts that need a unit"),
+        (
+            "Declared metrics",
+            esc(", ".join(f"{k} ({m.unit}, {m.direction})" for k, m in meta.semantics.items()))
+            or "none: every metric is shown raw, without verdicts that need a unit",
+        ),
         ("Searched", esc(", ".join(meta.searched)) or "—"),
         ("Trials", " ".join(f'<span class="pill {esc(s)}">{esc(s)} {n}</span>' for s, n in counts.items())),
         (
@@ -276,7 +279,9 @@ def _paper_verdict(r: Mapping[str, Any]) -> str:
     if rule and not missing(r.get("band_lo")):
         band = f"{fmt_metric(r['band_lo'], _u(r))} to {fmt_metric(r['band_hi'], _u(r))}"
     shown = f'<br><span class="note">{esc(rule)}{": " + band if band else ""}</span>' if rule else ""
-    flags = "" if missing(r.get("flags")) or not r.get("flags") else f'<br><span class="flag">⚑ {esc(r["flags"])}</span>'
+    flags = (
+        "" if missing(r.get("flags")) or not r.get("flags") else f'<br><span class="flag">⚑ {esc(r["flags"])}</span>'
+    )
     hover = "reproduced: the whole 95% CI within the band; not reproduced: wholly outside; else too wide"
     return verdict_html(verdict, hover) + shown + flags
 

@@ -151,7 +151,7 @@ def tolerance_band(row: Mapping[str, Any], metric: Metric | None, value: float) 
         return Band(value - a, value + a, default or f"within {float(amount):.0%} (the row's relative tolerance)")
     if kind == "printed":
         if printed is None:
-            return "printed: true needs the number as printed (value or printed: a string such as \"25.55M\")"
+            return 'printed: true needs the number as printed (value or printed: a string such as "25.55M")'
         _, unit = printed
         return Band(value - unit / 2, value + unit, default or "as printed (rounded or truncated to its last digit)")
     return f"unknown tolerance kind {kind!r}"
@@ -292,8 +292,12 @@ def paper_vs_reproduced(
                 "tolerance": (b.hi - b.lo) / 2 if b else math.nan,
                 "rule": b.rule if b else "",
                 "verdict": verdict,
-                "flags": row_flags(select(trials, where) if not missing else trials.iloc[0:0], recipe=recipe,
-                                   fixed=fixed, study=study_flags),  # fmt: skip
+                "flags": row_flags(
+                    select(trials, where) if not missing else trials.iloc[0:0],
+                    recipe=recipe,
+                    fixed=fixed,
+                    study=study_flags,
+                ),  # fmt: skip
                 "note": note,
             }
         )

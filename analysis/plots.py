@@ -374,9 +374,7 @@ def importance_figure(importance: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def best_comparison_figure(
-    best: Mapping[str, pd.DataFrame], *, metric_col: str, unit: str | None = None
-) -> go.Figure:
+def best_comparison_figure(best: Mapping[str, pd.DataFrame], *, metric_col: str, unit: str | None = None) -> go.Figure:
     """Bars of each study's best configurations (mean and CI of `metric_col`), one colour per study.
 
     `best` maps a study name to its `analysis.aggregate.best_configs` table with a ``label`` column.

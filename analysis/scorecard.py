@@ -47,6 +47,7 @@ def safe_link(path: str) -> str:
     encoded = "/".join(p if p == ".." else quote(p, safe="") for p in parts)
     return encoded if encoded.startswith("../") else f"./{encoded}"
 
+
 SCORECARD_COLUMNS = [
     "paper",  # the trainable family (one per paper)
     "citation",
@@ -178,6 +179,8 @@ def _bar(r: Mapping[str, Any], scale: float) -> str:
     lo, hi, v = r.get("ci_lo"), r.get("ci_hi"), r.get("value")
     if any(x is None or pd.isna(x) for x in (lo, hi, v)) or not scale > 0:
         return ""
+    if " ≈ " in str(r["comparison"]):
+        return ""  # an equivalence claim has no claimed side
     sign = 1 if " > " in str(r["comparison"]) else -1  # claimed direction to the right
 
     def x(val: float) -> float:

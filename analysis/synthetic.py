@@ -174,8 +174,13 @@ def digit_pairs_study(
     paper = {
         "citation": "EPFL deep-learning mini-project (seed 002), Table 1",
         "results": [
-            {"label": f"{a} best", "where": {"arch": a, "lr": lr, "batch_size": b}, "metric": "test_acc", "value": v,
-             "dataset": "synthetic"}
+            {
+                "label": f"{a} best",
+                "where": {"arch": a, "lr": lr, "batch_size": b},
+                "metric": "test_acc",
+                "value": v,
+                "dataset": "synthetic",
+            }
             for a, (v, lr, b) in ARCH_BEST.items()
             if a in archs
         ],

@@ -161,7 +161,9 @@ def test_paper_verdicts() -> None:
         "CI too wide to tell",
         "reproduced within tolerance",
     ]
-    assert list(p["tolerance"][:3]) == pytest.approx([0.02, 0.02, 0.02]) and p.loc[5, "tolerance"] == pytest.approx(0.002)
+    assert list(p["tolerance"][:3]) == pytest.approx([0.02, 0.02, 0.02]) and p.loc[5, "tolerance"] == pytest.approx(
+        0.002
+    )
     assert "20% of the paper's error rate" in p.loc[0, "rule"] and "absolute" in p.loc[5, "rule"]
     assert (p["dataset"] == "mnist").all()
     # accuracy CIs stay in [0, 1] (the unit's bounds): the raw t-interval of "wide" is about [0.26, 1.54]

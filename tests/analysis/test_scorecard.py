@@ -88,7 +88,11 @@ def test_study_scorecard_cli(storage: Path, tmp_path: Path, capsys) -> None:
     assert "--out" in capsys.readouterr().err
     # never into a study: neither over its files nor beside them (the scorecard's table goes next to it)
     spec_before = (storage / "empty" / "spec.yaml").read_bytes()
-    for target in (storage / "empty" / "spec.yaml", storage / "empty" / "card.html", storage / "empty" / "results" / "x.html"):
+    for target in (
+        storage / "empty" / "spec.yaml",
+        storage / "empty" / "card.html",
+        storage / "empty" / "results" / "x.html",
+    ):
         (storage / "empty" / "results").mkdir(exist_ok=True)
         assert main(["scorecard", "--storage", str(storage), "--out", str(target)]) == 2
         err = capsys.readouterr().err

@@ -289,3 +289,36 @@ def test_printed_text_is_escaped_and_stripped_of_control_characters() -> None:
     from analysis.format import esc
 
     assert esc("<b>\x1b[31mred\x07</b>") == "&lt;b&gt;[31mred&lt;/b&gt;"
+
+
+def test_learning_curve_bands_of_a_loss_stay_at_or_above_zero() -> None:
+    from core.metrics import LOSS
+
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "status": "TERMINATED", "seed": [0, 1], "config_id": [0, 0]})
+    epochs = pd.DataFrame({"trial_id": ["a", "b"], "epoch": [1, 1], "train_loss": [0.01, 0.5]})
+    configs = pd.DataFrame({"config_id": [0], "label": ["c"]})
+    curves = T.learning_curves(epochs, trials, configs, ["train_loss"], semantics={"train_loss": LOSS})
+    assert curves.loc[0, "ci_lo"] == 0.0
+    raw = T.learning_curves(epochs, trials, configs, ["train_loss"])
+    assert raw.loc[0, "ci_lo"] < 0
+
+
+def test_paper_schema_takes_the_new_keys() -> None:
+    from pydantic import ValidationError
+
+    from study.spec.model import Claim, Paper, PaperResult
+
+    p = Paper.model_validate({"dataset": "imagenet", "recipe": {"epochs": 90}, "results": [
+        {"label": "p", "metric": "params", "value": "25.55M", "dataset": "any"},
+        {"label": "e", "metric": "test_err_pct", "value": 4.55, "tolerance": {"relative": 0.1}},
+        {"label": "a", "metric": "test_acc", "value": 0.9, "tolerance": 0.01}]})  # fmt: skip
+    assert p.results[0].value == "25.55M" and p.results[1].tolerance.relative == 0.1 and p.recipe == {"epochs": 90}
+    for bad in ({"absolute": 0.1, "relative": 0.1}, {}, {"printed": False}):
+        with pytest.raises(ValidationError):
+            PaperResult.model_validate({"label": "x", "metric": "m", "value": 1.0, "tolerance": bad})
+    with pytest.raises(ValidationError):
+        PaperResult.model_validate({"label": "x", "metric": "m", "value": "about 25M"})
+    eq = {"label": "c", "metric": "m", "a": {"x": 1}, "b": {"x": 2}, "kind": "equivalence"}
+    with pytest.raises(ValidationError, match="margin"):
+        Claim.model_validate(eq)
+    assert Claim.model_validate(eq | {"margin": 0.01}).margin == 0.01
