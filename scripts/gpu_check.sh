@@ -49,14 +49,14 @@ if [ "$DRY" = 1 ]; then
   export STUDY_GPU_TIER_DEVICE=cpu STUDY_GPU_TIER_QUICK=1
   RESULT=benchmarks/results/gpu_dry_run.json
   BENCH_ARGS=(--dry-run)
-  TIER_S=240
+  TIER_S=${GPU_CHECK_TIER_S:-240}
 else
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     say "no CUDA device here; use --dry-run"; exit 2
   fi
   RESULT=benchmarks/results/gpu.json
   BENCH_ARGS=()
-  TIER_S=210
+  TIER_S=${GPU_CHECK_TIER_S:-210}
 fi
 
 # 2. the GPU tier

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 
 from core.errors import UserError
-from study.spec import Spec, grid_points
+from study.spec.grid import grid_points
+from study.spec.model import Spec
 
 # measured per-trial and per-study overheads (benchmarks/bench_cost.py, 2 cores, local Ray)
 STUDY_START_S = 8.0  # Ray start, data load in the driver, Tuner setup, tables at the end (report off)
@@ -118,7 +119,7 @@ def trial_groups(spec: Spec) -> list[Group]:
         configs = [{**spec.base_config(), **p} for p in grid_points(spec)]
         per_config = spec.search.num_samples * spec.n_seeds
     else:  # sampled spaces: the covering configs of `validate`, the trials shared among them equally
-        from study.spec import example_configs
+        from study.spec.grid import example_configs
 
         configs = example_configs(spec, limit=1000, shaping=keys)
         per_config = spec.n_trials() / len(configs)
