@@ -323,7 +323,29 @@ def bench_table2(d: dict) -> str:
     return table(["arm", "paper (MNIST)", "before (`init: torch`)", "after (`init: he`)"], rows)
 
 
+def bench_cli(d: dict) -> str:
+    rows = []
+    for name in ("python_pass", "study_ls", "study_status"):
+        label = "`python -c pass`" if name == "python_pass" else f"`{name.replace('_', ' ')}`"
+        ratio = d["ratio_to_python_pass"].get(name, 1.0)
+        row = [label, f"{d['median_s'][name]:.2f} s", f"{ratio:.1f}x"]
+        before = d.get("before")
+        if before:
+            row += [f"{before['median_s'][name]:.2f} s", f"{before['ratio_to_python_pass'].get(name, 1.0):.1f}x"]
+        rows.append(row)
+    header = ["command", "median", "vs python"]
+    if d.get("before"):
+        header += ["before", "before vs python"]
+    load = "-".join(str(x) for x in d["loadavg_1m"])
+    head = (
+        f"{d['studies']} synthetic studies of {d['trials_per_study']} trials, fresh processes, median of "
+        f"{d['repetitions']} ({d['cpus']} cores, load average {load}):\n\n"
+    )
+    return head + table(header, rows)
+
+
 BENCHMARKS: dict[str, Callable[[Any], str]] = {
+    "cli.json": bench_cli,
     "overhead.json": bench_overhead,
     "grid_full.json": bench_grid,
     "grid_subset.json": bench_grid,
