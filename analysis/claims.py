@@ -325,6 +325,7 @@ def claim_summary(tests: pd.DataFrame) -> pd.DataFrame:
     """One row per claim: its verdict over its levels, and the numbers of its single test (or of
     its weakest supported / strongest contradicting level when it has several); `SUMMARY_COLUMNS`."""
     rows = []
+    tests = tests.reindex(columns=list(dict.fromkeys([*CLAIM_COLUMNS, *tests.columns])))  # older claims.parquet
     for _, part in tests.groupby("claim", sort=True):
         verdicts = part["verdict"].tolist()
         n_sup, n_con = verdicts.count(SUPPORTED), verdicts.count(CONTRADICTED)
@@ -349,7 +350,7 @@ def claim_summary(tests: pd.DataFrame) -> pd.DataFrame:
         keys = ("claim", "label", "quote", "metric", "unit", "kind", "direction", "margin", "a", "b", "where", "within")
         stats_keys = ("n_a", "n_b", "diff", "ci_lo", "ci_hi", "ci_level", "adj_ci_lo", "adj_ci_hi", "effect_size",
                       "g_lo", "g_hi", "p_value", "p_holm", "seeds_needed")  # fmt: skip
-        flags = "; ".join(dict.fromkeys(f for f in part["flags"] if f))
+        flags = "; ".join(dict.fromkeys(f for f in part["flags"] if isinstance(f, str) and f))
         rows.append({**{k: first[k] for k in keys}, "levels": levels, "n_supported": n_sup, "n_contradicted": n_con,
                      **{k: shown[k] for k in stats_keys}, "verdict": verdict, "flags": flags, "note": note})  # fmt: skip
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

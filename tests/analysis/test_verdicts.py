@@ -322,3 +322,11 @@ def test_paper_schema_takes_the_new_keys() -> None:
     with pytest.raises(ValidationError, match="margin"):
         Claim.model_validate(eq)
     assert Claim.model_validate(eq | {"margin": 0.01}).margin == 0.01
+
+
+def test_claims_parquet_of_an_older_study_still_summarises() -> None:
+    old = pd.DataFrame([{"claim": 0, "label": "c", "quote": "", "metric": "test_acc", "direction": "greater", "a": "x=1",
+                         "b": "x=2", "where": "", "within": "", "level": "", "n_a": 3, "n_b": 3, "diff": 0.1,
+                         "ci_lo": 0.05, "ci_hi": 0.15, "effect_size": 2.0, "t": 5.0, "df": 4.0, "p_value": 0.01,
+                         "p_holm": 0.01, "verdict": "supported", "note": ""}])  # fmt: skip
+    assert C.claim_summary(old).iloc[0]["verdict"] == "supported"
