@@ -21,11 +21,12 @@ from analysis.format import config_label, esc, fmt_ci, fmt_diff, fmt_duration, f
 from analysis.importance import importance_note
 from analysis.load import StudyMeta
 from analysis.plots import FigureItem
+from core.layout import SCORECARD_FILE
 from core.status import STATUSES, UNFINISHED
 
 __all__ = ["esc", "fmt_ci", "fmt_diff", "fmt_duration", "fmt_metric", "fmt_p"]  # re-exported: analysis.format
 
-SCORECARD_LINK = "../../scorecard.html"  # from STORAGE/NAME/results/report.html to STORAGE/scorecard.html
+SCORECARD_LINK = f"../../{SCORECARD_FILE}"  # from STORAGE/NAME/results/report.html to STORAGE/scorecard.html
 MAX_FAILURE_ROWS = 200  # failed/diverged trials listed in the report (all are in trials.parquet)
 MAX_ERROR_CHARS = 600  # characters of an error message shown (the full text is in trials.parquet)
 MAX_COMPANIONS = 8  # companion metrics (<metric>_<suffix>) shown beside the metric in the best table
