@@ -120,4 +120,5 @@ def test_explorer_command_is_one_the_cli_accepts() -> None:
         pytest.skip("`study serve` is not in this CLI yet")
     args = parser.parse_args(argv[1:])
     assert args.storage == MOUNT
-    assert {p["containerPort"] for p in container["ports"]} == {8000}
+    assert {p["containerPort"] for p in container["ports"]} == {args.port}  # the port kubectl port-forward reaches
+    assert getattr(args, "host", "127.0.0.1") == "127.0.0.1"  # loopback: only through the port-forward
