@@ -507,8 +507,8 @@ def load_checkpoint(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator"].cpu())  # map_location moved it to the device
+        torch.set_rng_state(state["torch_rng"].cpu())
         if extra is not None:  # entries beyond the contract's (the grad scaler)
             extra(state)
         return state

@@ -351,7 +351,7 @@ def _load_pack_checkpoint(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for g, gs in zip(gens, state["generators"], strict=True):
-            g.set_state(gs)
+            g.set_state(gs.cpu())  # CPU generators: their state never lives on the device
         return state
 
     state, note = restore_first_readable(checkpoint, restore)
