@@ -19,8 +19,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from core.errors import UserError
-
 AUGMENTATIONS = ("none", "cifar", "encapnet", "imagenet")
 
 
@@ -36,7 +34,7 @@ def adapt(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
         elif channels == 1:
             x = x.mean(dim=1, keepdim=True)
         else:
-            raise UserError(f"cannot adapt {c}-channel images to {channels} channels")
+            raise ValueError(f"cannot adapt {c}-channel images to {channels} channels")
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
@@ -115,4 +113,4 @@ def augment(x: torch.Tensor, recipe: str, g: torch.Generator) -> torch.Tensor:
         return _flip(_random_crop(x, s, g), g)
     if recipe == "imagenet":  # random resized crop + flip
         return _flip(_random_resized_crop(x, g), g)
-    raise UserError(f"augment: unknown recipe {recipe!r}; known: {', '.join(AUGMENTATIONS)}")
+    raise ValueError(f"augment: unknown recipe {recipe!r}; known: {', '.join(AUGMENTATIONS)}")

@@ -19,8 +19,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
-from core.errors import UserError
-
 # name: (block, blocks per group, groups, width per group) as in torchvision.models
 ARCHS: dict[str, tuple[type[nn.Module], list[int], int, int]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2], 1, 64),
@@ -50,10 +48,10 @@ class ResNet(TorchvisionResNet):
         in_channels: int = 3,
     ) -> None:
         if arch not in ARCHS:
-            raise UserError(f"arch: unknown backbone {arch!r}; known: {', '.join(ARCHS)}")
+            raise ValueError(f"arch: unknown backbone {arch!r}; known: {', '.join(ARCHS)}")
         block, layers, groups, width_per_group = ARCHS[arch]
         if groups > 1 and int(width * width_per_group / 64) < 1:
-            raise UserError(f"width: {arch} needs width >= {64 // width_per_group} (got {width})")
+            raise ValueError(f"width: {arch} needs width >= {64 // width_per_group} (got {width})")
         nn.Module.__init__(self)
         self._norm_layer = nn.BatchNorm2d
         self.inplanes, self.dilation = width, 1
@@ -236,9 +234,9 @@ class CifarResNet(_GroupedNet):
         per = 9 if bottleneck else 6
         if depth < per + 2 or (depth - 2) % per:
             kind = "bottleneck 9n+2 (11, 164, 1001)" if bottleneck else "basic 6n+2 (8, 20, 56, 110)"
-            raise UserError(f"depth: a CIFAR ResNet with {kind} blocks needs depth {kind.split()[1]}, got {depth}")
+            raise ValueError(f"depth: a CIFAR ResNet with {kind} blocks needs depth {kind.split()[1]}, got {depth}")
         if width < 1:
-            raise UserError(f"width: must be >= 1, got {width}")
+            raise ValueError(f"width: must be >= 1, got {width}")
         n, block = (depth - 2) // per, CifarBottleneck if bottleneck else CifarBasicBlock
         self.depth, self.preact = depth, preact
         conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
@@ -310,9 +308,9 @@ class CifarDenseNet(_GroupedNet):
         per = 6 if bottleneck else 3
         if depth < per + 4 or (depth - 4) % per:
             rule = "6n+4 (10, 100, 250) for DenseNet-BC" if bottleneck else "3n+4 (7, 40, 100) for DenseNet"
-            raise UserError(f"depth: must be {rule}, got {depth}")
+            raise ValueError(f"depth: must be {rule}, got {depth}")
         if growth < 1:
-            raise UserError(f"width: DenseNet's growth rate k must be >= 1, got {growth}")
+            raise ValueError(f"width: DenseNet's growth rate k must be >= 1, got {growth}")
         n = (depth - 4) // per
         self.depth, self.growth = depth, growth
         ch = 2 * growth if bottleneck else 16
