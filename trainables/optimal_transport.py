@@ -12,8 +12,8 @@ autograd and gives the gradient w.r.t. C of P itself, the envelope theorem's (Ta
 is the opposite, back-propagating through the iterates).
 
 The authors' code (PAPERS.md section 5 "OT unit": b = 1/B; L times {a = (1/B) / (K b);
-b = (1/B) / (K^T a)}) updates the other side first: their L iterations on C are ours on C^T, the
-same problem (W and P^T) once converged. We follow POT so that a check against ``ot.sinkhorn2``
+b = (1/B) / (K^T a)}) updates the other side first: their L iterations on C are these on C^T, the
+same problem (W and P^T) once converged. The order is POT's, so that a check against ``ot.sinkhorn2``
 on the same cost needs no transposition (tests/trainables/test_encapnet.py, values and gradients,
 uniform and non-uniform weights, single and batched costs).
 """

@@ -1,4 +1,4 @@
-"""Trial shapes without Ray (issue 13): packed training equals one-trial-at-a-time training,
+"""Trial shapes without Ray: packed training equals one-trial-at-a-time training,
 members diverge and resume on their own; precision and channels-last switches; DDP batch shards."""
 
 from __future__ import annotations
