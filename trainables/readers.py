@@ -115,7 +115,7 @@ def check_images(path: Path, x: Any, *, what: str = "images") -> np.ndarray:
 def check_labels(path: Path, y: Any, n: int, classes: int, *, what: str = "labels") -> np.ndarray:
     """`y` as int64 labels: n of them, integers within 0..classes-1 (one line naming the file)."""
     y = np.asarray(y)
-    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and y.size and np.all(np.mod(y, 1) == 0)):
+    if y.size and y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
         raise UserError(f"{path}: {what} must be integers, got dtype {y.dtype}")
     y = y.reshape(-1).astype(np.int64)
     if len(y) != n:
