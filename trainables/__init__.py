@@ -1,7 +1,9 @@
 """Trainables: one module per study family, all following `trainables.common` (the contract).
 
 To add a study family: write ``trainables/<family>.py`` ending in ``FAMILY = Family(...)``
-(blocks, models, ``build``, ``train_epoch``, ``evaluate``), then add it to `REGISTRY` below.
+(blocks, models, ``build``, ``train_epoch``, ``evaluate``; every metric it reports declared with
+its `core.metrics.Metric`, and ``inert_keys`` where a key has no effect in some configs), then add
+it to `REGISTRY` below; tests/trainables/test_contract.py then checks it.
 """
 
 from __future__ import annotations
