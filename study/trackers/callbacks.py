@@ -3,8 +3,10 @@
 - **A packed trial is its members.** A Tune trial of ``pack: N`` trains N trials at once (its config
   ``{"__pack__": ...}``, each result a ``members`` mapping); every tracker sees N trials instead, with
   the ids, configs and metrics of the tables (``<trial id>-m<i>``, see `study.shapes.expand_packs`).
-- **Logging never blocks or fails a study.** Each tracker's hooks run in order on its own thread,
-  so a slow store or server never holds up Tune's loop; every call is guarded: a tracker that raises
+- **Logging never blocks or fails a study.** MLflow's calls run in order on their own thread, so a
+  slow store or server never holds up Tune's loop (TensorBoard only appends to local files, and W&B's
+  callback already logs from one Ray actor per trial; both stay in Tune's loop, so their files are
+  complete when Tune copies the trial directories into the study at the end). Every call is guarded: a tracker that raises
   prints one warning line, stops logging, and the study goes on. At the end of a run the thread gets
   `FLUSH_S` seconds to finish sending. MLflow's HTTP retries are capped.
 
@@ -81,6 +83,7 @@ class _Tracker:
     """Mixed into a Ray logger callback (before it): guards every hook and splits packs into members."""
 
     tracker = "tracker"
+    threaded = True  # hooks run on the tracker's own thread (else in Tune's loop, still guarded)
 
     def _init_tracker(self, searched: tuple[str, ...]) -> None:
         self._searched = tuple(searched)
@@ -99,7 +102,7 @@ class _Tracker:
         """Run fn(*args, **kwargs) on this tracker's thread, after the calls submitted before it."""
         if self._broken is not None:
             return
-        if threading.current_thread() is self._thread:  # a hook calling another hook: at once, in order
+        if not self.threaded or threading.current_thread() is self._thread:  # (a hook calling a hook: in order)
             self._safely(fn, *args, **kwargs)
             return
         if self._thread is None:
@@ -204,6 +207,7 @@ class TensorBoardTracker(_Tracker, TBXLoggerCallback):
     the searched values as hyperparameters. Replaces Tune's default TensorBoard logger."""
 
     tracker = "tensorboard"
+    threaded = False  # files in the trials' staging directories: written before Tune's last copy of them
 
     def __init__(self, *, searched: tuple[str, ...]) -> None:
         super().__init__()
@@ -300,6 +304,7 @@ class WandbTracker(_Tracker, _WandbRuns):
     """One W&B run per trial (its id: the trial id), grouped by study."""
 
     tracker = "wandb"
+    threaded = False  # Ray's callback hands each result to the trial's logging actor at once
 
     def __init__(
         self, *, project: str, group: str, entity: str | None, mode: str | None, tags: list[str],
