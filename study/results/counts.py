@@ -43,7 +43,9 @@ def study_counts(study_dir: Path) -> dict[str, int]:
     for t in trials_from_state(study_dir):
         last = t["meta"].get("last_result") or {}
         status = final_status(t["status"], last, t["config"].get("epochs", default), scheduler=scheduler)
-        if t["status"] == "TERMINATED" and results_gone(Path(study_dir) / t["logdir"]):
+        if t["meta"].get("problem") and status != "ERROR":  # its directory is not read: as in trials.parquet
+            status = "MISSING"
+        elif t["status"] == "TERMINATED" and results_gone(Path(study_dir) / t["logdir"]):
             status = "MISSING"
         counts[status] = counts.get(status, 0) + 1
     return counts

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.layout import RESULT_FILE
+from core.safe_read import UnsafeFile, notice
 from study.results.state import read_jsonl
 
 
@@ -30,7 +31,12 @@ def expand_packs(study_dir: Path, entries: list[dict]) -> list[dict]:
         if not isinstance(pack, dict):
             out.append(t)
             continue
-        rows = read_jsonl(Path(study_dir) / t["logdir"] / RESULT_FILE)
+        problem = t["meta"].get("problem")
+        try:
+            rows = [] if problem else read_jsonl(Path(study_dir) / t["logdir"] / RESULT_FILE)
+        except UnsafeFile as e:  # a FIFO, a device, too large: the members have no rows, and say why
+            rows, problem = [], str(e)
+            notice(problem)
         n = len(pack["members"])
         for i, member in enumerate(pack["members"]):
             mine = []
@@ -39,7 +45,7 @@ def expand_packs(study_dir: Path, entries: list[dict]) -> list[dict]:
                 if m is not None:
                     share = r.get("time_total_s")
                     mine.append({**m, "time_total_s": share / n if isinstance(share, (int, float)) else share})
-            meta = {**t["meta"], "last_result": mine[-1] if mine else {}}
+            meta = {**t["meta"], "last_result": mine[-1] if mine else {}, **({"problem": problem} if problem else {})}
             out.append(
                 {
                     "trial_id": f"{t['trial_id']}-m{i}",

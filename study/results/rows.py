@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from core.safe_read import UnsafeFile
 from study.results.state import read_jsonl
 
 # columns Ray adds to every result row that are not metrics, and ours that are not metrics either
@@ -38,13 +39,15 @@ PARALLEL_MIN_TRIALS = 2000
 class TrialRows:
     """A trial's epochs: `epochs` in order, `times` (time_total_s) and `diverged` per epoch, `metrics`
     (name -> values per epoch, NaN where an epoch lacks it: the names are those with a number in some
-    epoch, sorted), `last` (`LAST_KEYS` of the last epoch; empty without epochs)."""
+    epoch, sorted), `last` (`LAST_KEYS` of the last epoch; empty without epochs), `problem` (why
+    the file was not read: a FIFO, a device, too large; None when it was)."""
 
     epochs: list[int] = field(default_factory=list)
     times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     diverged: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
 
 
 def is_number(v: Any) -> bool:
@@ -82,7 +85,11 @@ def summarise(rows: Iterable[dict]) -> TrialRows:
 
 
 def summarise_file(path: str) -> TrialRows:
-    return summarise(read_jsonl(Path(path)))
+    """`summarise` of a result file; a file that is not read (`core.safe_read`) gives no epochs and its `problem`."""
+    try:
+        return summarise(read_jsonl(Path(path)))
+    except UnsafeFile as e:
+        return TrialRows(problem=str(e))
 
 
 def summarise_files(paths: Sequence[str | Path], workers: int | None = None) -> list[TrialRows]:

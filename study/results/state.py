@@ -32,6 +32,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.layout import EXPERIMENT_STATE_GLOB, RESULT_FILE, TUNER_FILE
+from core.safe_read import RESULT_LIMIT, STATE_LIMIT, UnsafeFile, confined, loads_json, read_bounded, safe_relpath
 
 RAY_TESTED = "2.60.0"  # the Ray release this reader was tested against (pyproject pins it)
 STATE_PATTERN = EXPERIMENT_STATE_GLOB
@@ -55,14 +56,15 @@ class TrialState:
     num_failures: int = 0
     last_result: dict[str, Any] = field(default_factory=dict)
     error_filename: str | None = None
+    problem: str | None = None  # why its directory is not read (a logdir leading outside the study)
 
 
 def parse_state(text: str | bytes, where: str) -> list[TrialState]:
     """The trials of one experiment state file; `StateError` (one line) if it is not valid JSON or
     not in the format this reader knows."""
     try:
-        state = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
+        state = loads_json(text, where)
+    except (ValueError, UnicodeDecodeError, UnsafeFile) as e:
         raise StateError(f"{where}: not valid JSON ({short_reason(e)}): the file is truncated or corrupt") from None
     fmt = f"{where}: not an experiment state of Ray {RAY_TESTED} (see README, 'Upgrading Ray')"
     if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
@@ -71,24 +73,32 @@ def parse_state(text: str | bytes, where: str) -> list[TrialState]:
     for i, item in enumerate(state["trial_data"]):
         try:
             trial_json, meta_json = item
-            t = json.loads(trial_json)
-            meta = json.loads(meta_json) if isinstance(meta_json, str) else (meta_json or {})
+            t = loads_json(trial_json, f"{where}: trial_data[{i}]")
+            meta = loads_json(meta_json, f"{where}: trial_data[{i}]") if isinstance(meta_json, str) else (meta_json or {})
             trial_id, status = t["trial_id"], t.get("status", "PENDING")
             config = t.get("config") or {}
             if not (isinstance(trial_id, str) and isinstance(status, str) and isinstance(config, dict)):
                 raise TypeError("trial_id, status or config of the wrong type")
+            logdir, problem = t.get("relative_logdir") or f"trial_{trial_id}", None
+            if not safe_relpath(logdir):  # "../other", "/etc", "a\\b": never read or deleted
+                logdir, problem = "", f"{where}: trial {trial_id}: relative_logdir {logdir!r} leads outside the study directory: ignored"
+            last_result = meta.get("last_result") or {}
+            error_filename = meta.get("error_filename")
             trials.append(
                 TrialState(
                     trial_id=trial_id,
                     status=status,
                     config=config,
-                    logdir=t.get("relative_logdir") or f"trial_{trial_id}",
+                    logdir=logdir,
                     num_failures=int(meta.get("num_failures", 0) or 0),
-                    last_result=meta.get("last_result") or {},
-                    error_filename=meta.get("error_filename"),
+                    last_result=last_result if isinstance(last_result, dict) else {},
+                    error_filename=error_filename if isinstance(error_filename, str) else None,
+                    problem=problem,
                 )
             )
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except UnsafeFile as e:
+            raise StateError(f"{where}: not valid JSON ({short_reason(e)}): the file is truncated or corrupt") from None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise StateError(f"{fmt}: trial_data[{i}]: {short_reason(e)}") from None
     return trials
 
@@ -99,8 +109,16 @@ def short_reason(e: BaseException) -> str:
 
 
 def state_files(study_dir: Path) -> list[Path]:
-    """Experiment state files, oldest first (by the session timestamp in the name, as Tune orders them)."""
-    return sorted(p for p in Path(study_dir).glob(STATE_PATTERN) if p.is_file())
+    """Experiment state files, oldest first (by the session timestamp in the name, as Tune orders them);
+    a link leading out of the study directory is not one of them."""
+    return sorted(
+        p for p in Path(study_dir).glob(STATE_PATTERN) if p.is_file() and confined(study_dir, p.name) is not None
+    )
+
+
+def read_state_bytes(path: Path) -> bytes:
+    """A state file's bytes (a regular file of at most `STATE_LIMIT` bytes: `UnsafeFile` otherwise)."""
+    return read_bounded(path, STATE_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -127,10 +145,12 @@ def read_latest(study_dir: Path) -> LatestState:
     first_format_error = None
     for path in candidates:
         try:
-            return LatestState(parse_state(path.read_bytes(), str(path)), path, skipped)
+            return LatestState(parse_state(read_state_bytes(path), str(path)), path, skipped)
         except StateError as e:
             if "not valid JSON" not in str(e) and first_format_error is None:
                 first_format_error = e
+            skipped.append((path, str(e)))
+        except UnsafeFile as e:  # a FIFO, a device, a file too large: passed over as a corrupt one
             skipped.append((path, str(e)))
         except OSError as e:
             skipped.append((path, f"{path}: cannot be read ({e.strerror or e})"))
@@ -140,7 +160,7 @@ def read_latest(study_dir: Path) -> LatestState:
 
 
 def _backup_state(study_dir: Path) -> Path | None:
-    found = sorted((Path(study_dir) / BACKUP_DIR).glob(STATE_PATTERN))
+    found = state_files(Path(study_dir) / BACKUP_DIR)
     return found[-1] if found else None
 
 
@@ -168,8 +188,8 @@ def backup_snapshot(staging_dir: str | Path, study_dir: Path) -> bool:
         return False
     newest = states[-1]
     try:
-        parse_state(newest.read_bytes(), str(newest))
-    except (StateError, OSError):
+        parse_state(read_state_bytes(newest), str(newest))
+    except (StateError, OSError, UserError):
         return False
     session = session_of(newest)
     target = Path(study_dir) / BACKUP_DIR
@@ -196,9 +216,9 @@ def repair_state(study_dir: Path) -> str | None:
         return _no_state(study_dir)
     newest = files[-1]
     try:
-        parse_state(newest.read_bytes(), str(newest))
+        parse_state(read_state_bytes(newest), str(newest))
         return None
-    except StateError as e:
+    except (StateError, UnsafeFile) as e:
         problem = str(e)
     bad = [f for f in files if not _parses(f)]
     good = [f for f in files if f not in bad]
@@ -250,15 +270,15 @@ def _no_state(study_dir: Path) -> str | None:
 
 def _copy_tmp(src: Path, directory: Path) -> Path:
     tmp = Path(directory) / f".{src.name}.tmp"
-    tmp.write_bytes(src.read_bytes())
+    tmp.write_bytes(read_state_bytes(src))
     return tmp
 
 
 def _parses(path: Path) -> bool:
     try:
-        parse_state(path.read_bytes(), str(path))
+        parse_state(read_state_bytes(path), str(path))
         return True
-    except (StateError, OSError):
+    except (StateError, OSError, UserError):
         return False
 
 
@@ -272,10 +292,11 @@ def matches_state(name: str) -> bool:
     return fnmatch.fnmatch(name, STATE_PATTERN)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file (Tune's result.json); a line cut by a crash is skipped."""
+def read_jsonl(path: Path, limit: int = RESULT_LIMIT) -> list[dict]:
+    """The rows of a JSON-lines file (Tune's result.json); a line cut by a crash (or nested too deeply
+    to parse) is skipped. `UnsafeFile` (one line) for a FIFO, a device or a file over `limit` bytes."""
     try:
-        text = Path(path).read_text()
+        text = read_bounded(path, limit).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -285,13 +306,13 @@ def read_jsonl(path: Path) -> list[dict]:
         rows = json.loads("[" + ",".join(lines) + "]")
         if all(isinstance(r, dict) for r in rows):
             return rows
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     rows = []
     for line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash
+        except (json.JSONDecodeError, RecursionError):  # a line cut by a crash, or a crafted one
             continue
         if isinstance(row, dict):
             rows.append(row)

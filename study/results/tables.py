@@ -24,6 +24,7 @@ import pandas as pd
 from core.atomic import write_parquet
 from core.layout import EPOCHS_FILE, PARQUET_STUDY_KEY, RESULT_FILE, SPEC_SOURCE_FILE, TRIALS_FILE, results_dir
 from core.metrics import Metric, semantics_to_json
+from core.safe_read import notice
 from study.results.rows import TrialRows, num, summarise, summarise_files
 from study.results.trials import error_message, final_status, missing_data, trials_from_state
 from study.spec.model import Spec
@@ -68,7 +69,7 @@ def collect(study_dir: Path, spec: Spec, *, parallel: bool = False) -> tuple[pd.
     direction_of: dict[str, str | None] = {}  # per metric name, looked up once
     scheduler = spec.scheduler.type != "none"
     trials_state = trials_from_state(study_dir)
-    files = [str(study_dir / t["logdir"] / RESULT_FILE) for t in trials_state if "rows" not in t]
+    files = [str(study_dir / t["logdir"] / RESULT_FILE) for t in trials_state if _reads_file(t)]
     from_files = iter(summarise_files(files, workers=None if parallel else 1))
     trial_rows: list[dict[str, Any]] = []
     tids: list[str] = []  # the epochs table, by column: per trial its epochs, times, flags, metrics
@@ -81,7 +82,13 @@ def collect(study_dir: Path, spec: Spec, *, parallel: bool = False) -> tuple[pd.
     offset = 0
     for t in trials_state:
         trial_dir = study_dir / t["logdir"]
-        summary: TrialRows = summarise(t["rows"]) if "rows" in t else next(from_files)  # pack members: rows
+        if "rows" in t:  # pack members: their rows
+            summary: TrialRows = summarise(t["rows"])
+        else:
+            summary = next(from_files) if _reads_file(t) else TrialRows()
+        problem = t["meta"].get("problem") or summary.problem  # a directory or file not read: says why
+        if summary.problem:
+            notice(summary.problem)
         metric_names = list(summary.metrics)
         finals: dict[str, float] = {}
         bests: dict[str, float] = {}
@@ -110,6 +117,8 @@ def collect(study_dir: Path, spec: Spec, *, parallel: bool = False) -> tuple[pd.
         config = t["config"]
         status = final_status(t["status"], last, config.get("epochs", epochs_default), scheduler=scheduler)
         missing = missing_data(trial_dir, t["status"], epochs, config.get("epochs", epochs_default), status)
+        if problem:
+            missing = problem
         if missing and status != "ERROR":
             status = "MISSING"
         row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
@@ -148,6 +157,12 @@ def collect(study_dir: Path, spec: Spec, *, parallel: bool = False) -> tuple[pd.
             col[start : start + len(vals)] = vals
         columns[m] = col
     return trials, pd.DataFrame({c: columns[c] for c in epoch_cols})
+
+
+def _reads_file(t: dict) -> bool:
+    """A trial whose result.json is read: not a pack member (its rows come with it) and not one whose
+    directory was ignored (a logdir leading outside the study)."""
+    return "rows" not in t and not t["meta"].get("problem")
 
 
 def hyperparameter_columns(spec: Spec) -> list[str]:

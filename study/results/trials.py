@@ -10,24 +10,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import UserError
 from core.layout import RESULT_FILE
+from core.safe_read import confined, notice, read_tail
 from study.results import state as tune_state
 from study.results.packs import expand_packs
 
 
 def error_line(path: str | Path | None, limit: int = 500) -> str | None:
-    """The exception line of a trial's error file (Tune writes the whole traceback there)."""
+    """The exception line of a trial's error file (Tune writes the whole traceback there): its last
+    line, read from the file's end (`core.safe_read.read_tail`: a regular file only, never read whole)."""
     try:
-        text = Path(path).read_text(errors="replace") if path else ""
-    except OSError:
+        text = read_tail(path).decode("utf-8", errors="replace") if path else ""
+    except (OSError, UserError):
         return None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:limit] if lines else None  # a traceback ends with the exception itself
 
 
 def error_message(trial_dir: Path, meta: dict) -> str | None:
-    """The exception line of a failed trial, from the error file its state entry names."""
-    return error_line(trial_dir / (meta.get("error_filename") or "error.txt"))
+    """The exception line of a failed trial, from the error file its state entry names: a name
+    inside the trial's directory (an absolute path, ``..`` or a link leading out of it is ignored
+    with one line: the state file may come from anyone)."""
+    name = meta.get("error_filename") or "error.txt"
+    path = confined(trial_dir, name) if isinstance(name, str) and "\0" not in name else None
+    if path is None:
+        notice(f"{trial_dir}: error file {name!r} is outside the trial directory: ignored")
+        return None
+    try:
+        return error_line(path) if path.is_file() else None
+    except UserError as e:  # pragma: no cover - error_line catches it
+        notice(str(e))
+        return None
 
 
 def trials_from_state(study_dir: Path) -> list[dict]:
@@ -45,6 +59,12 @@ def trials_from_state(study_dir: Path) -> list[dict]:
         )
     for t in latest.trials:
         meta = {"num_failures": t.num_failures, "last_result": t.last_result, "error_filename": t.error_filename}
+        problem = t.problem
+        if problem is None and confined(study_dir, t.logdir) is None:  # a link out of the study
+            problem = f"{Path(study_dir) / t.logdir}: trial {t.trial_id}'s directory leads outside the study directory: ignored"
+        if problem is not None:
+            notice(problem)
+            meta["problem"] = problem
         out.append({"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir, "meta": meta})
     # Trial dirs missing from the state were started after its last snapshot by a driver that was then
     # killed; the resumed run starts those trials again under new ids, so they are not counted here.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from core.errors import one_line, short
+from core.safe_read import STATE_LIMIT, confined
 from study.results import state as tune_state
 from study.results.packs import member_count
 from study.results.rows import is_number
@@ -145,17 +146,21 @@ def prune_checkpoints(fs: Any, exp_path: str, skip: set[str] | None = None) -> s
         return done
     with fs.open_input_stream(states[-1]) as f:
         try:
-            trials = tune_state.parse_state(f.read(), states[-1])
+            trials = tune_state.parse_state(f.read(STATE_LIMIT + 1), states[-1])
         except tune_state.StateError:  # a corrupt state: prune nothing (the run repairs it on resume)
             return done
+    local = type(fs).__name__ == "LocalFileSystem"
     for t in trials:
-        if t.status not in ("TERMINATED", "ERROR") or t.trial_id in (skip or ()):
+        if t.status not in ("TERMINATED", "ERROR") or t.trial_id in (skip or ()) or t.problem:
             continue
         trial_dir = f"{exp_path}/{t.logdir}"
+        if local and confined(exp_path, t.logdir) is None:  # a link out of the study: nothing there is deleted
+            continue
         found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
         ckpts = sorted(
             i.path for i in found if i.base_name.startswith("checkpoint_") and i.type == pyarrow.fs.FileType.Directory
-        )
+            and not (local and (Path(i.path).is_symlink() or confined(trial_dir, i.base_name) is None))
+        )  # fmt: skip
         for old in ckpts[:-1]:
             fs.delete_dir(old)
         done.add(t.trial_id)
