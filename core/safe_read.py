@@ -31,7 +31,7 @@ KIB, MIB = 2**10, 2**20
 # Size limits of the files read from a study directory (bytes).
 STATE_LIMIT = 1024 * MIB  # Tune's experiment_state-*.json (about 5 KB per trial)
 RESULT_LIMIT = 256 * MIB  # a trial's result.json or pack.jsonl (about 1 KB per epoch)
-SMALL_LIMIT = 1 * MIB  # spec.yaml, study.json, spec_file.txt, .study.lock
+SMALL_LIMIT = 16 * MIB  # spec.yaml (a long grid), study.json, spec_file.txt, .study.lock
 ERROR_TAIL = 64 * KIB  # the end of a trial's error file: its last line is the exception
 
 

@@ -1,10 +1,14 @@
 """One `study run` per study at a time: a lock file ``STUDY/.study.lock`` naming its holder.
 
-The lock holds the holder's host, pid (and the pid's start time, so a reused pid is not taken for
-the holder) and a heartbeat the holder rewrites every `HEARTBEAT_S` seconds. A second run is
-refused with one line naming the holder. A lock left by a run that died is taken over: at once on
-the same host when its process is gone (kill -9), from another host once its heartbeat is older
-than `STALE_S` (a lost machine), so no dead run blocks a study for good. Inside a SLURM job the
+The lock holds the holder's host, its machine's boot id (``/proc/sys/kernel/random/boot_id``), pid
+(and the pid's start time, so a reused pid is not taken for the holder) and a heartbeat the holder
+rewrites every `HEARTBEAT_S` seconds. A second run is refused with one line naming the holder. A
+lock left by a run that died is taken over: at once when it was written on this very machine (same
+boot id) and its process is gone (kill -9); otherwise only once its heartbeat is older than
+`STALE_S`, and, for a lock of a machine with this host name (two machines with one hostname on
+NFS, where a pid says nothing), only when that pid is not running here either. The advice names
+a pid to kill only when it is verifiably the holder (this machine, same start time); everything
+printed from a lock file is stripped of control characters. Inside a SLURM job the
 lock also records ``SLURM_JOB_ID`` and ``SLURM_RESTART_COUNT``: a lock of the same job with a lower
 restart count is taken over at once, whatever its host (SLURM ended that run before requeueing the
 job, which never runs twice at once).
@@ -24,11 +28,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError
+from core.errors import UserError, printable
 from core.layout import LOCK_FILE
+from core.safe_read import UnsafeFile, loads_json, read_bounded
 
 STALE_S = float(os.environ.get("STUDY_LOCK_STALE_S", "120"))  # heartbeat age after which a lock is dead
 HEARTBEAT_S = min(15.0, STALE_S / 4)
+LOCK_LIMIT = 64 * 1024  # bytes: a lock file is about 300
+
+
+def _boot_id() -> str | None:
+    """This machine's boot id (Linux), None where unknown: tells two machines with one hostname apart."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _clean(holder: Any) -> dict:
+    """A lock's fields as read: text stripped of control characters and cut short (a crafted lock
+    must not move the cursor or recolour the terminal), numbers kept as numbers."""
+    if not isinstance(holder, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in list(holder.items())[:20]:
+        if isinstance(v, str):
+            v = printable(v)[:200]
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) and v is not None:
+            v = printable(repr(v))[:200]
+        out[printable(str(k))[:40]] = v
+    return out
 
 
 def _pid_start(pid: int) -> str | None:
@@ -78,6 +107,7 @@ class StudyLock:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "pid_start": _pid_start(os.getpid()),
+            "boot_id": _boot_id(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "heartbeat": time.time(),
             **_slurm(),
@@ -92,7 +122,11 @@ class StudyLock:
         try:
             if self.local:
                 p = Path(self.path)
-                raw, age = p.read_bytes(), time.time() - p.stat().st_mtime
+                age = time.time() - p.stat().st_mtime
+                try:
+                    raw = read_bounded(p, LOCK_LIMIT)
+                except UnsafeFile:  # a FIFO, a device, a huge file: an unreadable lock, judged by its age
+                    return {}, age
             else:
                 import pyarrow.fs
 
@@ -100,15 +134,14 @@ class StudyLock:
                 if info.type != pyarrow.fs.FileType.File:
                     return None, None
                 with self.fs.open_input_stream(self.path) as f:
-                    raw = f.read()
+                    raw = f.read(LOCK_LIMIT + 1)
                 age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
         except FileNotFoundError:
             return None, None
         try:
-            holder = json.loads(raw)
-            return (holder if isinstance(holder, dict) else {}), age
-        except ValueError:
-            return {}, age  # being written, or cut: judged by its age
+            return _clean(loads_json(raw, self.path)), age
+        except (ValueError, UserError):
+            return {}, age  # being written, cut or crafted: judged by its age
 
     def _create(self) -> bool:
         data = json.dumps({**self.me, "heartbeat": time.time()}).encode()
@@ -138,22 +171,43 @@ class StudyLock:
     def _mine(self, holder: dict) -> bool:
         return holder.get("host") == self.me["host"] and holder.get("pid") == self.me["pid"]
 
+    def _same_machine(self, holder: dict) -> bool:
+        """The lock was written on this machine since its last boot (so its pid can be checked here)."""
+        boot = holder.get("boot_id")
+        return holder.get("host") == self.me["host"] and boot is not None and boot == self.me["boot_id"]
+
     def _stale(self, holder: dict, age: float) -> str | None:
         """Why the lock is dead (a reason to take it over), None while its holder may be running."""
         host, pid = holder.get("host"), holder.get("pid")
         beat = holder.get("heartbeat")
-        beat_age = time.time() - beat if isinstance(beat, (int, float)) else age
+        now = time.time()
+        # a heartbeat in the future (a skewed clock, a crafted file) counts as old as the file
+        beat_age = now - beat if isinstance(beat, (int, float)) and beat <= now + 60 else age
         if not holder:
             return "an unreadable lock file" if age > 10 else None
         job, restart = holder.get("slurm_job"), holder.get("slurm_restart")
         if job is not None and job == self.me.get("slurm_job") and isinstance(restart, int):
             if restart < self.me["slurm_restart"]:  # an earlier run of this requeued job: SLURM ended it
                 return f"run of SLURM job {job} on {host} before its requeue (restart {restart}) is gone"
-        if host == self.me["host"] and isinstance(pid, int):
-            return None if _alive(pid, holder.get("pid_start")) else f"run on {host} (pid {pid}) is gone"
-        if beat_age > STALE_S:
+        has_pid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+        if self._same_machine(holder) and has_pid:
+            if not _alive(pid, holder.get("pid_start")):
+                return f"run on {host} (pid {pid}) is gone"
+            if holder.get("pid_start") is not None or beat_age <= STALE_S:
+                return None  # the holder itself, or a pid that cannot be told apart while it beats
             return f"run on {host} (pid {pid}) sent no heartbeat for {beat_age:.0f}s"
-        return None
+        if beat_age <= STALE_S:
+            return None
+        if host == self.me["host"] and has_pid and _alive(pid, holder.get("pid_start")):
+            return None  # this host name, another machine or an older lock: its pid runs here, so wait
+        return f"run on {host} (pid {pid}) sent no heartbeat for {beat_age:.0f}s"
+
+    def vouched_pid(self, holder: dict) -> int | None:
+        """The holder's pid when it is verifiably the holder: this machine, running, same start time."""
+        pid, start = holder.get("pid"), holder.get("pid_start")
+        if not (self._same_machine(holder) and isinstance(pid, int) and not isinstance(pid, bool) and pid > 1):
+            return None
+        return pid if start is not None and _pid_start(pid) == start and _alive(pid, start) else None
 
     def _remove_stale(self, holder: dict) -> None:
         if not self.local:
@@ -165,8 +219,8 @@ class StudyLock:
         except FileNotFoundError:
             return
         try:  # another run may have taken it over between our read and the rename: give it back
-            taken = json.loads(Path(aside).read_bytes() or b"{}")
-        except ValueError:
+            taken = _clean(loads_json(read_bounded(aside, LOCK_LIMIT) or b"{}", aside))
+        except (ValueError, UserError, OSError):
             taken = {}
         if holder and taken != holder:
             try:
@@ -192,10 +246,16 @@ class StudyLock:
         raise UserError(f"{self.path}: could not take the study lock (other runs keep taking it); try again")
 
     def refusal(self, holder: dict) -> UserError:
-        """The one-line refusal naming the live run that holds the lock."""
+        """The one-line refusal naming the live run that holds the lock; it says which pid to kill only
+        when that pid is verifiably the holder (`vouched_pid`)."""
+        holder = _clean(holder)
         host, pid = holder.get("host", "?"), holder.get("pid", "?")
-        if host == self.me["host"]:
-            tail = f"wait for it to end or stop it (kill {pid})"
+        vouched = self.vouched_pid(holder)
+        if vouched is not None:
+            tail = f"wait for it to end or stop it (kill {vouched})"
+        elif host == self.me["host"]:
+            tail = (f"wait for it to end or stop it (its process cannot be confirmed from here); if no run is "
+                    f"going, delete {self.path} (a dead run's lock is taken over after {STALE_S:.0f}s without heartbeat)")  # fmt: skip
         else:
             tail = (f"wait for it to end or stop it on {host}; a run that died there is taken over after "
                     f"{STALE_S:.0f}s without heartbeat")  # fmt: skip

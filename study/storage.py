@@ -5,6 +5,12 @@ The tables and reports are computed on a local copy: for a URI, `Store.pull` mir
 into ``~/.cache/study-platform/studies/`` (checkpoints left out) and `Store.push` uploads what was
 written there (spec, results). For a local directory both are no-ops. All remote I/O goes through
 ``pyarrow.fs`` (the filesystem layer Ray Tune itself uses).
+
+The keys of a remote listing are not trusted: a key that is not a plain relative path below the
+study (``..``, absolute, backslashes) or that would land outside the mirror (through a link in it)
+refuses the pull in one line; each file is written by an atomic rename (a link in the mirror is
+replaced, never written through) and read with a size bound. `push` uploads regular files of the
+mirror only, never what a link in it points at.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.atomic import write_bytes
 from core.errors import DiskFull, UserError
 from core.layout import RESULTS_DIR, SPEC_FILE
+from core.safe_read import SMALL_LIMIT, STATE_LIMIT, UnsafeFile, confined, notice, read_bounded, safe_relpath
 
 CACHE = Path(os.environ.get("STUDY_CACHE", "~/.cache/study-platform/studies")).expanduser()
 
@@ -106,26 +114,42 @@ class Store:
 
         fs, base = self._fs()
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
-        dirs = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
+        dirs = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory and _plain_name(i.base_name)]
         return sorted(d for d in dirs if fs.get_file_info(f"{base}/{d}/{SPEC_FILE}").type == pyarrow.fs.FileType.File)
 
     def pull(self, name: str) -> Path:
-        """Mirror a remote study locally (no checkpoints); returns `local_dir(name)`."""
+        """Mirror a remote study locally (no checkpoints); returns `local_dir(name)`. `UserError`
+        (one line) for a key of the listing that would be written outside the mirror."""
         local = self.local_dir(name)
         if not self.remote:
             return local
         import pyarrow.fs
 
+        if not _plain_name(name):
+            raise UserError(f"{self.root}: study name {name!r} is not a plain directory name: refused")
         fs, base = self._fs()
         src = f"{base}/{name}"
         for info in fs.get_file_info(pyarrow.fs.FileSelector(src, recursive=True, allow_not_found=True)):
-            rel = info.path[len(src) + 1 :]
-            if info.type != pyarrow.fs.FileType.File or "checkpoint_" in rel or rel.startswith(f"{RESULTS_DIR}/"):
+            if info.type != pyarrow.fs.FileType.File:
                 continue
-            dst = local / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            rel = info.path[len(src) + 1 :] if info.path.startswith(f"{src}/") else None
+            dst = confined(local, rel) if rel is not None and safe_relpath(rel) else None
+            if dst is None or dst == local.resolve():
+                raise UserError(
+                    f"{self.study_path(name)}: the storage lists a file {info.path!r} that would be written outside "
+                    f"the local mirror {local}: refused (nothing of it is written)"
+                )
+            if "checkpoint_" in rel or rel.startswith(f"{RESULTS_DIR}/"):
+                continue
+            if info.size is not None and info.size > STATE_LIMIT:
+                notice(f"{self.study_path(name)}/{rel}: {info.size:,} bytes, more than {STATE_LIMIT:,}: not mirrored")
+                continue
             with fs.open_input_stream(info.path) as f:
-                dst.write_bytes(f.read())
+                data = f.read(STATE_LIMIT + 1)
+            if len(data) > STATE_LIMIT:
+                notice(f"{self.study_path(name)}/{rel}: more than {STATE_LIMIT:,} bytes: not mirrored")
+                continue
+            write_bytes(data, local / rel)  # an atomic rename: a link at that name is replaced, not followed
         return local
 
     def push(self, name: str, *relpaths: str) -> None:
@@ -136,8 +160,14 @@ class Store:
         local = self.local_dir(name)
         for rel in relpaths:
             src = local / rel
+            if src.is_symlink() or confined(local, rel) is None:
+                notice(f"{src}: a link: not uploaded")
+                continue
             files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
             for f in files:
+                if f.is_symlink() or confined(local, f.relative_to(local)) is None:
+                    notice(f"{f}: a link: not uploaded")  # what a link in the mirror points at never leaves
+                    continue
                 target = f"{base}/{name}/{f.relative_to(local).as_posix()}"
                 fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 with fs.open_output_stream(target) as out:
@@ -147,7 +177,10 @@ class Store:
         """A small file of a study, or None when it does not exist."""
         if not self.remote:
             p = Path(self.root) / name / rel
-            return p.read_text() if p.exists() else None
+            try:
+                return read_bounded(p, SMALL_LIMIT).decode("utf-8", errors="replace") if p.exists() else None
+            except UnsafeFile as e:
+                raise UserError(str(e)) from None
         import pyarrow.fs
 
         fs, base = self._fs()
@@ -155,4 +188,12 @@ class Store:
         if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
             return None
         with fs.open_input_stream(path) as f:
-            return f.read().decode()
+            data = f.read(SMALL_LIMIT + 1)
+        if len(data) > SMALL_LIMIT:
+            raise UserError(f"{self.study_path(name)}/{rel}: more than {SMALL_LIMIT:,} bytes: not read")
+        return data.decode("utf-8", errors="replace")
+
+
+def _plain_name(name: str) -> bool:
+    """A study name usable as one directory of the mirror (no separators, not ``.`` or ``..``)."""
+    return safe_relpath(name) and "/" not in name

@@ -14,6 +14,7 @@ import yaml
 
 from core.errors import UserError, one_line
 from core.layout import SPEC_FILE
+from core.safe_read import SMALL_LIMIT, read_bounded
 from core.status import STATUSES
 from study.results.facts import epochs_default
 from study.results.trials import final_status, results_gone, trials_from_state
@@ -29,8 +30,10 @@ def study_counts(study_dir: Path) -> dict[str, int]:
     """Trials by status from the saved state (no result files read): as in trials.parquet."""
     spec_file = Path(study_dir) / SPEC_FILE
     try:
-        raw = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raw = yaml.safe_load(read_bounded(spec_file, SMALL_LIMIT).decode()) if spec_file.exists() else {}
+    except UserError:
+        raise
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f"{spec_file}: cannot be read ({one_line(e, 200)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{spec_file}: not a study spec (a mapping of keys)")

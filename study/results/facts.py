@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_text
+from core.errors import UserError
 from core.layout import FACTS_FILE
+from core.safe_read import SMALL_LIMIT, loads_json, read_bounded
 
 
 def family_facts(trainable: str) -> dict[str, Any]:
@@ -43,8 +45,9 @@ def write_facts(study_dir: Path, trainable: str) -> Path:
 def read_facts(study_dir: Path) -> dict[str, Any] | None:
     """The study's facts, None when the file is missing or unreadable (an older study)."""
     try:
-        facts = json.loads((Path(study_dir) / FACTS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        path = Path(study_dir) / FACTS_FILE
+        facts = loads_json(read_bounded(path, SMALL_LIMIT).decode("utf-8"), str(path))
+    except (OSError, ValueError, UserError):
         return None
     return facts if isinstance(facts, dict) else None
 

@@ -98,7 +98,7 @@ def repair_state(store: Store, name: str, out: TextIO) -> None:
         mirror = store.pull(name)
         files = tune_state.state_files(mirror)
         if files:
-            tune_state.parse_state(files[-1].read_bytes(), f"{store.study_path(name)}/{files[-1].name}")
+            tune_state.parse_state(tune_state.read_state_bytes(files[-1]), f"{store.study_path(name)}/{files[-1].name}")
         return
     note = tune_state.repair_state(store.local_dir(name))
     if note:

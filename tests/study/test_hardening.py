@@ -335,7 +335,9 @@ def test_ray_and_torch_are_pinned_to_the_tested_versions() -> None:
 
 
 def _lock(study: Path, **fields) -> Path:
-    holder = {"host": socket.gethostname(), "pid": 1, "pid_start": None, "started": "earlier",
+    from study.lock import _boot_id
+
+    holder = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": 1, "pid_start": None, "started": "earlier",
               "heartbeat": time.time(), **fields}  # fmt: skip
     path = study / ".study.lock"
     path.write_text(json.dumps(holder))
