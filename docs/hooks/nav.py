@@ -22,7 +22,7 @@ ORDER: list[tuple[str | None, str, list[tuple[str, str | None]]]] = [
             ("reports.md", "Reports and scorecard"),
             ("verdicts.md", None),
             ("explorer.md", None),
-            ("data.md", None),
+            ("data.md", "Data sources"),
             ("images.md", "Image data"),
             ("shapes.md", "Trial shapes: DDP and packs"),
             ("performance.md", None),
