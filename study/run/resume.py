@@ -40,6 +40,16 @@ def spec_difference(old: dict, new: dict, prefix: str = "") -> str | None:
     return None
 
 
+def with_defaults(raw: dict) -> dict:
+    """A recorded spec as the current model reads it: keys added to the model since the study was
+    started take their defaults (an older study resumes); a spec the model no longer reads is left
+    as it is (the difference is then reported)."""
+    try:
+        return yaml.safe_load(spec_to_yaml(Spec.model_validate(raw)))
+    except (ValueError, TypeError):
+        return raw
+
+
 def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> Path:
     """Save the resolved spec; refuse to resume a study whose trials would differ (`spec_difference`;
     `description` and `paper` may change, and are then saved). Returns the local dir."""
@@ -53,7 +63,7 @@ def record_spec(store: Store, name: str, spec: Spec, spec_path: str | Path) -> P
             record_facts(store, name, spec)
             return local
         # what the trials ran must not change; the description and the paper's numbers may
-        old, new = yaml.safe_load(existing) or {}, yaml.safe_load(text)
+        old, new = with_defaults(yaml.safe_load(existing) or {}), yaml.safe_load(text)
         changed = spec_difference({**old, **EDITABLE}, {**new, **EDITABLE})
         if changed:
             raise UserError(

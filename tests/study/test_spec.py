@@ -279,3 +279,18 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path.write_bytes(b"name: caf\xe9\n")
     with pytest.raises(UserError, match=r"s\.yaml: not a UTF-8 text file \(byte 9: invalid continuation byte\)"):
         load_spec(path)
+
+
+def test_a_recorded_spec_without_a_newer_key_resumes(tmp_path: Path) -> None:
+    """A study recorded before a key existed reads that key at its default: no difference, so it resumes."""
+    import yaml
+
+    from study.run.resume import spec_difference, with_defaults
+    from study.spec import spec_to_yaml
+
+    spec = load_spec(write(tmp_path, GOOD))
+    recorded = yaml.safe_load(spec_to_yaml(spec))
+    del recorded["search"]["grid"], recorded["max_failures"]  # as an older version wrote it
+    assert spec_difference(recorded, yaml.safe_load(spec_to_yaml(spec))) is not None
+    assert spec_difference(with_defaults(recorded), yaml.safe_load(spec_to_yaml(spec))) is None
+    assert with_defaults({"not": "a spec"}) == {"not": "a spec"}
