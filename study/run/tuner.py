@@ -11,7 +11,7 @@ from core.errors import is_disk_full, one_line
 from study.results import state as tune_state
 from study.run import shapes
 from study.run.callbacks import make_guard_callback, make_prune_callback
-from study.spec.grid import CoverValue
+from study.spec.grid import POINT_KEY, CoverValue, PointValue, grid_plan
 from study.spec.model import Choice, Grid, LogUniform, RandInt, Spec, Uniform
 from study.storage import Store
 from study.trackers import tracker_callbacks
@@ -41,14 +41,21 @@ def trial_dirname(trial: Any) -> str:
 
 
 def to_param_space(spec: Spec, *, with_seeds: bool = True) -> dict[str, Any]:
-    """The one place where a spec becomes Ray Tune domains (grid_search, choice, ...)."""
+    """The one place where a spec becomes Ray Tune domains (grid_search, choice, ...). Grid points
+    that are not a plain product (`study.spec.grid.grid_plan`: inert duplicates collapsed, claim
+    points added to a covering set) are one grid search over their index (``__point__``)."""
     from ray import tune
 
     space: dict[str, Any] = dict(spec.base_config())
     axes = {k: list(d.grid) for k, d in spec.space.items() if isinstance(d, Grid)}
+    plan = grid_plan(spec)
     lead = max(axes, key=lambda k: len(axes[k])) if spec.search.grid == "cover" and len(axes) > 1 else None
     for key, dom in spec.space.items():
-        if isinstance(dom, Grid) and lead is not None and key != lead:  # covering set: follows the lead axis
+        if isinstance(dom, Grid) and not plan.is_product:  # collapsed or added points: by their index
+            if POINT_KEY not in space:
+                space[POINT_KEY] = tune.grid_search(list(range(len(plan.points))))
+            space[key] = tune.sample_from(PointValue([p[key] for p in plan.points]))
+        elif isinstance(dom, Grid) and lead is not None and key != lead:  # covering set: follows the lead axis
             space[key] = tune.sample_from(CoverValue(lead, axes[lead], list(dom.grid)))
         elif isinstance(dom, Grid):
             space[key] = tune.grid_search(list(dom.grid))

@@ -2,7 +2,8 @@
 
 `check_limits`: sizes (trials, seeds, samples) before anything is built. `check_keys`: every key
 and metric known to the family. `check_configs`: every value's rule on example configs (and, with
-the data, the family's size checks). `check_shape`: the rules of packed (``pack``) and
+the data, the family's size checks). `check_paper`: the ``paper:`` block's provenance and
+references against the configurations the study schedules. `check_shape`: the rules of packed (``pack``) and
 data-parallel (``resources.workers``) trials.
 """
 
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, UserError, one_line, short
-from study.spec.grid import example_configs
-from study.spec.model import Grid, Spec
+from study.spec.grid import example_configs, grid_plan, grid_points, product_points
+from study.spec.model import Choice, Grid, LogUniform, RandInt, Spec, Uniform
 
 # Limits checked before anything is built from a spec (a seed list, a grid, a YAML value): each
 # stops a typo (repeats=1e9, a 3x10^10 grid) or a hostile file before it eats the machine's memory.
@@ -156,3 +157,100 @@ def check_shape(spec: Spec, path: str | Path) -> None:
         raise UserError(
             f"{path}: pack: trainable {spec.trainable} cannot be packed yet (only digit_pairs); use pack: 1"
         )
+
+
+def _shown(where: dict[str, Any]) -> str:
+    return one_line(", ".join(f"{k}: {short(v, 40)}" for k, v in where.items()), 200) or "{}"
+
+
+def _admissible(spec: Spec, key: str, value: Any) -> str | None:
+    """Why no trial can have ``key: value`` (by the key's own section), else None; grid axes are
+    matched against the scheduled points by `_selects`."""
+    dom = spec.space.get(key)
+    base = spec.base_config()
+    if key == "seed":
+        return None if value in spec.seed_list else f"seed {short(value)} is not one of the seeds {short(spec.seed_list)}"
+    if isinstance(dom, Grid):
+        return None if value in dom.grid else f"{key}: {short(value)} is not a grid value of space.{key} {short(dom.grid)}"
+    if isinstance(dom, Choice):
+        return None if value in dom.choice else f"{key}: {short(value)} is not a choice of space.{key} {short(dom.choice)}"
+    if isinstance(dom, Uniform | LogUniform | RandInt):
+        lo, hi = getattr(dom, "uniform", None) or getattr(dom, "loguniform", None) or dom.randint
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and lo <= value <= hi
+        if isinstance(dom, RandInt):
+            ok = ok and isinstance(value, int) and value < hi
+        return None if ok else f"{key}: {short(value)} is outside space.{key} [{lo}, {hi}{')' if isinstance(dom, RandInt) else ']'}"
+    if key in base:
+        section = "fixed" if key in spec.fixed else "data"
+        return None if base[key] == value else f"{key}: {short(value)}, but {section}.{key} is {short(base[key])}"
+    return f"{key}: the spec does not set {key} (the tables have no {key} column); set it in fixed: or space:"
+
+
+def _selects(spec: Spec, points: list[dict[str, Any]], where: dict[str, Any]) -> str | None:
+    """Why `where` selects no trial the study schedules, else None."""
+    for key, value in where.items():
+        why = _admissible(spec, key, value)
+        if why:
+            return why
+    grid = {k: v for k, v in where.items() if k in spec.grid_axes}
+    if not grid or any(all(p[k] == v for k, v in grid.items()) for p in points):
+        return None
+    plan = grid_plan(spec)
+    if plan.collapsed and any(all(p[k] == v for k, v in grid.items()) for p in product_points(spec)):
+        keys = [k for k in grid if k in plan.keys]
+        runs = {k: next(p[k] for p in points if all(p[j] == grid[j] for j in grid if j not in plan.keys)) for k in keys
+                if any(all(p[j] == grid[j] for j in grid if j not in plan.keys) for p in points)}  # fmt: skip
+        with_ = f"; the study runs it with {_shown(runs)}" if runs else ""
+        return f"{_shown(grid)} is a configuration the grid collapsed ({', '.join(keys)} no effect there{with_})"
+    return f"no grid point has {_shown(grid)}"
+
+
+def _sampled_conflict(a: dict[str, Any], b: dict[str, Any], spec: Spec) -> bool:
+    """True when a and b name different values of a key that is not a grid axis (never both)."""
+    return any(k in b and k not in spec.grid_axes and a[k] != b[k] for k in a)
+
+
+def check_paper(spec: Spec, path: str | Path, *, references: bool = True) -> None:
+    """The ``paper:`` block against the space: every row states what it was measured on (its own
+    ``dataset`` or ``paper.dataset``; a file's data.source never stands in); every row's and
+    claim's ``where``, ``a`` and ``b`` select at least one configuration the study schedules; a
+    claim's groups do not overlap and meet at some level of its ``within`` keys. One `UserError`
+    line each, naming the row or claim by index and label. Without `references`, provenance only."""
+    paper = spec.paper
+    points = grid_points(spec) if references else []
+    for i, r in enumerate(paper.results):
+        name = f"{path}: paper.results.{i} ({short(r.label, 60)})"
+        if r.dataset is None and paper.dataset is None:
+            raise UserError(
+                f"{name}: dataset: say what the paper measured this number on (dataset: per row, or paper.dataset "
+                "once; any for numbers that do not depend on the data); the file's data.source never stands in"
+            )
+        why = _selects(spec, points, r.where) if references else None
+        if why:
+            raise UserError(f"{name}: where selects no configuration this study runs ({why})")
+    for i, c in enumerate(paper.claims if references else ()):
+        name = f"{path}: paper.claims.{i} ({short(c.label, 60)})"
+        for part, group in (("where", c.where), ("a", {**c.where, **c.a}), ("b", {**c.where, **c.b})):
+            why = _selects(spec, points, group)
+            if why:
+                raise UserError(f"{name}: {part} selects no configuration this study runs ({why})")
+        a, b = {**c.where, **c.a}, {**c.where, **c.b}
+        ga = {k: v for k, v in a.items() if k in spec.grid_axes}
+        gb = {k: v for k, v in b.items() if k in spec.grid_axes}
+        if not _sampled_conflict(a, b, spec) and any(
+            all(p[k] == v for k, v in {**ga, **gb}.items()) and all(ga.get(k, v) == v for k, v in gb.items())
+            for p in points
+        ):
+            raise UserError(
+                f"{name}: a and b overlap: a trial with {_shown({**a, **b})} is in both groups; "
+                "make them exclusive (name the same key with different values)"
+            )
+        within = [k for k in c.within if k in spec.grid_axes]
+        if within:
+            levels_a = {tuple(repr(p[k]) for k in within) for p in points if all(p[k] == v for k, v in ga.items())}
+            levels_b = {tuple(repr(p[k]) for k in within) for p in points if all(p[k] == v for k, v in gb.items())}
+            if not levels_a & levels_b:
+                raise UserError(
+                    f"{name}: within {', '.join(within)}: a and b never run at the same {', '.join(within)} "
+                    "(no level has both groups)"
+                )

@@ -10,8 +10,8 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import UserError, short
-from study.spec.checks import check_configs, check_keys, check_limits, check_shape
-from study.spec.model import Spec, default_paper_datasets
+from study.spec.checks import check_configs, check_keys, check_limits, check_paper, check_shape
+from study.spec.model import Spec
 from study.spec.overrides import apply_overrides
 from study.spec.yamlfile import read_yaml
 
@@ -43,8 +43,10 @@ def _format_error(path: str, err: ValidationError) -> str:
     return f"{path}: {where}: {msg}{shown}{more}"
 
 
-def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
-    """Validate a raw dict into a `Spec`, including the trainable's known keys."""
+def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>", *, references: bool = True) -> Spec:
+    """Validate a raw dict into a `Spec`, including the trainable's known keys; `references`: also
+    that every paper row and claim selects a configuration the study runs (`check_paper`; a smoke
+    spec, whose grid leaves out what its data cannot hold, is checked as the full spec was)."""
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
@@ -52,6 +54,7 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
     check_limits(spec, path)
     check_keys(spec, path)
     check_configs(spec, path)
+    check_paper(spec, path, references=references)
     check_shape(spec, path)
     return spec
 
@@ -59,16 +62,18 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> Spec:
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override (``--set``) and validate a spec file."""
     path = Path(path)
-    raw = apply_overrides(default_paper_datasets(read_yaml(path)), overrides or [])  # datasets: the file's source
+    raw = apply_overrides(read_yaml(path), overrides or [])
     return parse_spec(raw, path)
 
 
-TRACKER_KEYS = ("log_to", "tensorboard", "mlflow", "wandb")  # left out while unset: older studies' spec.yaml match
+# left out while unset: older studies' spec.yaml match
+TRACKER_KEYS = ("log_to", "tensorboard", "mlflow", "wandb")
+RECORD_KEYS = ("run",)
 
 
 def spec_to_yaml(spec: Spec) -> str:
     data = spec.model_dump(mode="json", exclude_none=False)
-    for key in TRACKER_KEYS:
+    for key in (*TRACKER_KEYS, *RECORD_KEYS):
         if data.get(key) in (None, []):
             data.pop(key, None)
     return yaml.safe_dump(data, sort_keys=False)

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from core.errors import UserError, short
 from study.trackers.settings import (
@@ -113,6 +113,8 @@ def check_name(name: str, what: str = "study name") -> str:
     return name
 
 
+MAX_GRID_POINTS = 100_000  # grid points materialised to collapse inert duplicates (more: refused by size)
+
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 Domain = Annotated[
     Annotated[Grid, Tag("grid")]
@@ -159,6 +161,9 @@ class Search(_Strict):
     max_concurrent: int | None = Field(default=None, ge=1)
     # how grid axes combine: product (every combination) | cover (a covering set, see `grid_points`)
     grid: Literal["product", "cover"] = "product"
+    # grid points that differ only in keys the family declares inert there (``inert_keys``):
+    # collapse (run one of them, see `study.spec.grid`) | keep (run each, as studies did before)
+    inert: Literal["collapse", "keep"] = "collapse"
 
 
 class Scheduler(_Strict):
@@ -167,14 +172,16 @@ class Scheduler(_Strict):
     reduction_factor: float = Field(default=3, gt=1)
 
 
+_Finite = Annotated[float, Field(allow_inf_nan=False)]  # a paper's number: never .inf or .nan
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _PRINTED = r"^\s*[+-]?\d+(\.\d*)?\s*[kKMGB]?\s*%?\s*$"  # a number as a paper prints it: 25.55M, 0.907
 
 
 class Tolerance(_Strict):
     """How far from the paper a reproduction may be: exactly one of the three (analysis.paper)."""
 
-    absolute: float | None = Field(default=None, gt=0)  # +/- this, in the metric's unit
-    relative: float | None = Field(default=None, gt=0)  # of the error rate / the gain / the value
+    absolute: _Positive | None = None  # +/- this, in the metric's unit
+    relative: _Positive | None = None  # of the error rate / the gain / the value
     printed: Literal[True] | None = None  # half a unit of the last printed digit of value/printed
 
     @model_validator(mode="after")
@@ -190,14 +197,15 @@ class PaperResult(_Strict):
     where: dict[str, Any] = Field(default_factory=dict)
     metric: str
     # the number, or the string the paper prints ("25.55M": judged as printed)
-    value: float | Annotated[str, Field(pattern=_PRINTED)]
+    value: _Finite | Annotated[str, Field(pattern=_PRINTED)]
     printed: Annotated[str, Field(pattern=_PRINTED)] | None = None  # the value as printed, if rounded
-    std: float | None = None
+    std: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # over the paper's runs
     # the data the paper measured it on (else the paper block's dataset; "any" for counts); a
-    # study on another source shows the row as reference only, one without any as not judged
+    # study on another source shows the row as reference only; a row that names none is refused
+    # (`study.spec.checks.check_paper`): a file's data.source never stands in for it
     dataset: str | None = None
     # a number (absolute, in the metric's unit) or one rule; default: the rule of the metric's unit
-    tolerance: Annotated[float, Field(gt=0)] | Tolerance | None = None
+    tolerance: _Positive | Tolerance | None = None
 
 
 class Claim(_Strict):
@@ -216,7 +224,7 @@ class Claim(_Strict):
     where: dict[str, Any] = Field(default_factory=dict)
     within: list[str] = Field(default_factory=list)
     kind: Literal["direction", "equivalence"] = "direction"  # equivalence: |a - b| < margin (TOST)
-    margin: float | None = Field(default=None, gt=0)
+    margin: _Positive | None = None
 
     @model_validator(mode="after")
     def _two_groups(self) -> Claim:
@@ -233,6 +241,14 @@ class Paper(_Strict):
     recipe: dict[str, Any] = Field(default_factory=dict)  # the paper's training recipe, e.g. {epochs: 25}
     results: list[PaperResult] = Field(default_factory=list)
     claims: list[Claim] = Field(default_factory=list)
+
+
+class RunRecord(_Strict):
+    """How a study was run, recorded in its resolved ``spec.yaml`` for the analysis to flag: the
+    ``--set`` values given against the spec file, and whether it is a ``--smoke`` run."""
+
+    overrides: list[str] = Field(default_factory=list)
+    smoke: bool = False
 
 
 class Spec(_Strict):
@@ -254,18 +270,15 @@ class Spec(_Strict):
     max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
     pack: int = Field(default=1, ge=1)  # trials trained together as one vectorised model (study.run.shapes)
     paper: Paper = Paper()
+    run: RunRecord | None = None  # written by `study run` into the study's spec.yaml (a file's own is replaced)
     # experiment trackers (study.trackers): which ones, and each one's settings under its name
     log_to: list[Tracker] = Field(default_factory=list)
     tensorboard: TensorBoardSettings | None = None
     mlflow: MLflowSettings | None = None
     wandb: WandbSettings | None = None
+    _grid: Any = PrivateAttr(default=None)  # study.spec.grid's cache of the scheduled grid points
     _log_to = field_validator("log_to")(check_log_to)
     _used = field_validator("tensorboard", "mlflow", "wandb")(check_used)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _paper_datasets(cls, raw: Any) -> Any:
-        return default_paper_datasets(raw)
 
     @field_validator("space", mode="before")
     @classmethod
@@ -308,10 +321,20 @@ class Spec(_Strict):
         """The trial config before sampling: data keys, then fixed keys."""
         return {**self.data.config, **self.fixed}
 
-    def n_trials(self) -> int:
+    def n_grid_points(self) -> int:
+        """Grid points before inert duplicates are collapsed (sizes only, nothing materialised)."""
         sizes = [len(d.grid) for d in self.space.values() if isinstance(d, Grid)]
-        grid = max(sizes, default=1) if self.search.grid == "cover" else math.prod(sizes)
-        return grid * self.search.num_samples * self.n_seeds
+        return max(sizes, default=1) if self.search.grid == "cover" else math.prod(sizes)
+
+    def n_trials(self) -> int:
+        """Trials the study schedules: its grid points (`study.spec.grid.grid_points`: inert
+        duplicates collapsed) x samples x seeds. A grid too large to run is counted by its sizes."""
+        n = self.n_grid_points()
+        if n <= MAX_GRID_POINTS:
+            from study.spec.grid import grid_points
+
+            n = len(grid_points(self))
+        return n * self.search.num_samples * self.n_seeds
 
     @property
     def n_seeds(self) -> int:
@@ -320,16 +343,13 @@ class Spec(_Strict):
 
 
 def default_paper_datasets(raw: Any) -> Any:
-    """`raw` with ``dataset: <paper.dataset>`` (else ``<data.source>``) on each ``paper.results`` row
-    that has none (a copy; anything malformed is left for validation to report)."""
+    """`raw` with ``dataset: <paper.dataset>`` on each ``paper.results`` row that has none (a copy).
+    The file's ``data.source`` never stands in: a row with neither is refused at validation."""
     try:
-        source, rows = raw["data"]["source"], raw["paper"]["results"]
-        source = raw["paper"].get("dataset") or source
+        rows, dataset = raw["paper"]["results"], raw["paper"].get("dataset")
     except (KeyError, TypeError, AttributeError):
         return raw
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+    if dataset is None or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return raw
-    if all(r.get("dataset") is not None for r in rows):
-        return raw
-    rows = [r if r.get("dataset") is not None else {**r, "dataset": source} for r in rows]
+    rows = [r if r.get("dataset") is not None else {**r, "dataset": dataset} for r in rows]
     return {**raw, "paper": {**raw["paper"], "results": rows}}

@@ -15,7 +15,10 @@ def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
     every value of every grid axis at least once, in as many configurations as the longest axis
     has values (see `grid_points`). Grid values that cannot run on the bundled sample (the family's
     ``check`` rejects them, e.g. ``train_images: 55000`` > 2,500 images) are left out, and the
-    smoke spec's description says which. A searched ``epochs`` axis becomes one epoch."""
+    smoke spec's description says which. A searched ``epochs`` axis becomes one epoch. The covering
+    set also holds a configuration of each group of every claim and of every paper row's ``where``
+    that the kept values can serve (`study.spec.grid.cover_targets`). The spec's ``run`` record
+    says ``smoke: true``."""
     raw = spec.model_dump(mode="python")
     raw["data"]["source"] = "mnist-5k"
     raw["seeds"], raw["repeats"] = [spec.seed_list[0]], None
@@ -39,7 +42,8 @@ def smoke_spec(spec: Spec, family_smoke: dict[str, Any]) -> Spec:
         raw["search"]["num_samples"] = 2
     raw["search"]["grid"] = "cover"
     raw["scheduler"] = {"type": "none"}
-    return parse_spec(raw, f"{spec.name} (--smoke)")
+    raw["run"] = {**(raw.get("run") or {}), "smoke": True}
+    return parse_spec(raw, f"{spec.name} (--smoke)", references=False)
 
 
 def _unfit_grid_values(raw: dict[str, Any], seed: int) -> dict[str, list[Any]]:

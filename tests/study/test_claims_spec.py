@@ -41,21 +41,26 @@ def test_every_shipped_space_has_testable_claims(path: Path) -> None:
         assert c.quote, f"{path.name}: {c.label}: quote the paper's words"
         for group in (c.a, c.b):  # each group is a configuration the study runs
             assert any(_matches(cfg, {**c.where, **group}) for cfg in configs), (path.name, c.label, group)
-    for r in spec.paper.results:  # every number says what it was measured on (default: the file's source)
-        assert r.dataset, (path.name, r.label)
+    for r in spec.paper.results:  # every number says what it was measured on (never the file's source)
+        assert r.dataset or spec.paper.dataset, (path.name, r.label)
 
 
-def test_dataset_defaults_to_the_files_source_not_the_override(tmp_path: Path) -> None:
-    p = write(tmp_path, RAW)
-    assert load_spec(p).paper.results[0].dataset == "mnist"
-    spec = load_spec(p, ["data.source=mnist-5k"])
-    assert spec.data.source == "mnist-5k" and spec.paper.results[0].dataset == "mnist"
-    given = {**RAW, "paper": {"results": [{**RAW["paper"]["results"][0], "dataset": "mnist-5k"}]}}
+def test_dataset_is_never_the_files_source(tmp_path: Path) -> None:
+    """A row takes its own dataset or the paper block's; neither data.source nor --set is one."""
+    row = RAW["paper"]["results"][0]
+    with pytest.raises(UserError, match=r"paper\.results\.0 \('r'\): dataset: say what the paper measured"):
+        load_spec(write(tmp_path, RAW))
+    block = {**RAW, "paper": {"dataset": "mnist", "results": [row]}}
+    spec = load_spec(write(tmp_path, block), ["data.source=mnist-5k"])
+    assert spec.data.source == "mnist-5k" and spec.paper.results[0].dataset is None and spec.paper.dataset == "mnist"
+    given = {**RAW, "paper": {"results": [{**row, "dataset": "mnist-5k"}]}}
     assert load_spec(write(tmp_path, given)).paper.results[0].dataset == "mnist-5k"
 
 
 def test_claims_parse(tmp_path: Path) -> None:
-    raw = {**RAW, "paper": {"claims": [{**CLAIM, "within": ["lr"], "where": {"aux_loss": True}}]}}
+    space = {**RAW["space"], "lr": {"grid": [0.1, 0.2]}}
+    claim = {**CLAIM, "within": ["lr"], "where": {"aux_loss": True}}
+    raw = {**RAW, "fixed": {"aux_loss": True}, "space": space, "paper": {"claims": [claim]}}
     c = load_spec(write(tmp_path, raw)).paper.claims[0]
     assert c.direction == "greater" and c.within == ["lr"] and c.where == {"aux_loss": True}
 
