@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 GRID_SUBSET = ["data.source=mnist-5k", "space.arch.grid=[Siamese]", "space.batch_size.grid=[50, 100]", "repeats=2",
-               "fixed.epochs=5"]  # fmt: skip
+               "fixed.epochs=5", "paper.results=[]", "paper.claims=[]"]  # fmt: skip (the paper's rows name other nets)
 CASES = {  # name -> (spec, overrides, smoke)
     "quickstart": ("quickstart.yaml", [], False),
     "grid": ("digit_pairs_grid.yaml", GRID_SUBSET, False),

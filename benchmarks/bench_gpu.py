@@ -89,6 +89,7 @@ def grid_trials(*, gpu: bool, seeds: int, epochs: int, arch: str, batch: int) ->
                     f"space.arch.grid=[{arch}]", f"space.batch_size.grid=[{batch}]",
                     f"resources.cpu={cpu:g}", f"resources.gpu={share:g}",
                     f"fixed.device={'cuda' if gpu else 'cpu'}",
+                    "paper.results=[]", "paper.claims=[]",  # the paper's rows name the other nets
                 ]  # fmt: skip
                 t = time.perf_counter()
                 out = run_study(REPO / "search_spaces" / "digit_pairs_grid.yaml", name=f"b{i}", storage=tmp,

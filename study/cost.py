@@ -27,6 +27,7 @@ import heapq
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -201,14 +202,18 @@ def time_step(
     for _ in range(2):
         step()
     sync()
-    t0, n = time.perf_counter(), 0
-    while n < max_steps and (n == 0 or time.perf_counter() - t0 < budget_s):
-        step()
-        n += 1
-        if device.type == "cuda" and n in (1, 5, 20):
-            sync()
-    sync()
-    return {"step_s": (time.perf_counter() - t0) / n, "steps": n, "flops": flops}
+    # blocks of steps (one on a CPU, five on a GPU between synchronisations); the median block is
+    # the step time: robust to the bursts of other processes' load on a shared machine
+    block = 5 if device.type == "cuda" else 1
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) * block < max_steps and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        for _ in range(block):
+            step()
+        sync()
+        times.append((time.perf_counter() - t0) / block)
+    return {"step_s": statistics.median(times), "steps": len(times) * block, "flops": flops}
 
 
 def _single_step(family: Any, cfg: Mapping[str, Any], device: torch.device) -> Any:

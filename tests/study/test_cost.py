@@ -17,6 +17,7 @@ from study.spec import load_spec
 REPO = Path(__file__).parents[2]
 GRID = REPO / "search_spaces" / "digit_pairs_grid.yaml"
 MNIST = ["data.source=mnist-5k"]
+SUBSET = [*MNIST, "paper.results=[]", "paper.claims=[]"]  # a reduced grid: the paper's rows name other nets
 
 
 def test_epoch_sizes_follow_the_config_then_the_source() -> None:
@@ -49,7 +50,7 @@ def test_slots_and_makespan() -> None:
 
 def test_estimate_adds_steps_evaluation_and_overheads(monkeypatch) -> None:
     monkeypatch.setattr(cost, "time_step", lambda *a, **k: {"step_s": 0.01, "steps": 1, "flops": None})
-    spec = load_spec(GRID, [*MNIST, "space.arch.grid=[ConvNet]", "space.batch_size.grid=[50]", "repeats=2"])
+    spec = load_spec(GRID, [*SUBSET, "space.arch.grid=[ConvNet]", "space.batch_size.grid=[50]", "repeats=2"])
     est = cost.estimate(spec, cpus=2)
     (g,) = est["groups"]
     assert g["trials"] == 10 and g["epochs"] == 25 and g["steps_per_epoch"] == 20
@@ -87,7 +88,7 @@ def gpu_table(tmp_path: Path, **over) -> Path:
 
 def test_named_gpu_reads_the_measured_table_or_scales_by_flops(tmp_path: Path) -> None:
     table = gpu_table(tmp_path)
-    spec = load_spec(GRID, [*MNIST, "space.arch.grid=[ConvNet, FconnNet]", "space.batch_size.grid=[50]"])
+    spec = load_spec(GRID, [*SUBSET, "space.arch.grid=[ConvNet, FconnNet]", "space.batch_size.grid=[50]"])
     est = cost.estimate(spec, gpu="h200", gpus=8, table_path=table)
     conv, fconn = est["groups"]
     assert conv["step_s"] == 0.002 and conv["source"] == "measured on NVIDIA H200"
@@ -102,7 +103,7 @@ def test_named_gpu_reads_the_measured_table_or_scales_by_flops(tmp_path: Path) -
 
 
 def test_cli_cost_lines_json_and_flag_rules(capsys) -> None:
-    sets = ["--set", "data.source=mnist-5k", "--set", "space.arch.grid=[Siamese]", "--set", "space.batch_size.grid=[200]"]
+    sets = [x for s in [*SUBSET, "space.arch.grid=[Siamese]", "space.batch_size.grid=[200]"] for x in ("--set", s)]
     assert main(["validate", str(GRID), *sets, "--cost"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("  cost on this machine (") and out[2].startswith("  arch=Siamese, batch_size=200: 50 trials")
@@ -129,6 +130,6 @@ def test_bench_gpu_dry_run_table_feeds_the_estimate(tmp_path: Path) -> None:
     assert all(r["step_s"] > 0 and r["flops"] > 0 and r["mfu"] is None for r in table["steps"])
     table.update(device="Test GPU", dry_run=False)  # as if measured on a GPU
     out.write_text(json.dumps(table))
-    spec = load_spec(GRID, [*MNIST, "space.arch.grid=[FconnNet]", "space.batch_size.grid=[25]", "pack=8"])
+    spec = load_spec(GRID, [*SUBSET, "space.arch.grid=[FconnNet]", "space.batch_size.grid=[25]", "pack=8"])
     est = cost.estimate(spec, gpu="test gpu", table_path=out)
     assert est["groups"][0]["step_s"] > 0 and est["study_s"] > 0
