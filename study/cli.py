@@ -160,6 +160,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_validate(a: argparse.Namespace) -> int:
     import json
 
+    from study.spec.grid import collapse_note
     from study.spec.load import load_spec
     from study.trackers.settings import check_installed
 
@@ -175,6 +176,9 @@ def cmd_validate(a: argparse.Namespace) -> int:
         check_installed(spec.log_to, path)
         if not a.json:
             print(f"{path}: ok ({spec.trainable}, {spec.n_trials()} trials, metric {spec.metric} {spec.mode})")
+            note = collapse_note(spec)
+            if note:
+                print(f"{path}: {note}")
         if a.models:
             from study.models import describe_models, format_models
 

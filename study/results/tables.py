@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,21 @@ import numpy as np
 import pandas as pd
 
 from core.atomic import write_parquet
-from core.layout import EPOCHS_FILE, PARQUET_STUDY_KEY, RESULT_FILE, SPEC_SOURCE_FILE, TRIALS_FILE, results_dir
+from core.errors import UserError
+from core.layout import (
+    EPOCHS_FILE,
+    PARQUET_STUDY_KEY,
+    RESULT_FILE,
+    RESULTS_DIR,
+    SPEC_SOURCE_FILE,
+    TRIALS_FILE,
+    results_dir,
+)
 from core.metrics import Metric, semantics_to_json
-from core.safe_read import notice
+from core.safe_read import confined, notice
 from study.results.rows import TrialRows, num, summarise, summarise_files
 from study.results.trials import error_message, final_status, missing_data, trials_from_state
+from study.spec.grid import collapse_record
 from study.spec.model import Spec
 
 
@@ -171,10 +182,24 @@ def hyperparameter_columns(spec: Spec) -> list[str]:
     return list(dict.fromkeys(c for c in cols if c != "seed"))
 
 
-def study_metadata(spec: Spec, study_dir: Path, metrics: list[str] | None = None) -> dict[str, Any]:
+def study_metadata(
+    spec: Spec, study_dir: Path, metrics: list[str] | None = None, trials: pd.DataFrame | None = None
+) -> dict[str, Any]:
     """The ``study`` entry of the tables' schema metadata; `metrics`: the metric columns, whose
-    declared semantics are included (``metric_semantics``)."""
+    declared semantics are included (``metric_semantics``). With the run's record (``spec.run``):
+    ``overrides`` (the ``--set`` strings) and ``smoke``; with `trials`: ``inert_keys`` ({trial_id:
+    [keys without effect in that trial]}) and, when the grid collapsed inert duplicates,
+    ``collapsed`` ({trials, of, keys, at}: `study.spec.grid.collapse_record`)."""
     source = Path(study_dir) / SPEC_SOURCE_FILE
+    extra: dict[str, Any] = {
+        "overrides": list(spec.run.overrides) if spec.run else [],
+        "smoke": bool(spec.run.smoke) if spec.run else False,
+    }
+    if trials is not None:
+        extra["inert_keys"] = trial_inert_keys(spec, trials)
+        record = collapse_record(spec)
+        if record is not None and len(trials) <= spec.n_trials():  # an older study ran its duplicates
+            extra["collapsed"] = record
     return {
         "name": spec.name,
         "spec_file": source.read_text().strip() if source.exists() else "",
@@ -186,7 +211,41 @@ def study_metadata(spec: Spec, study_dir: Path, metrics: list[str] | None = None
         "searched": list(spec.space),
         "grid_axes": spec.grid_axes,
         "metric_semantics": semantics_to_json(metric_semantics(spec, metrics or [])),
+        **extra,
     }
+
+
+def trial_inert_keys(spec: Spec, trials: pd.DataFrame) -> dict[str, list[str]]:
+    """{trial_id: [hyperparameter columns the family declares inert in that trial]} (trials with
+    none left out), from each row's configuration (``Family.inert_keys``)."""
+    from trainables import get_family
+
+    family = get_family(spec.trainable)
+    defaults = family.all_defaults
+    cols = [c for c in hyperparameter_columns(spec) if c in trials.columns]
+    if "trial_id" not in trials.columns or not cols:
+        return {}
+    out: dict[str, list[str]] = {}
+    for row in trials[["trial_id", *cols]].to_dict("records"):
+        config = {}
+        for c in cols:
+            v = row[c]
+            if isinstance(v, str) and isinstance(defaults.get(c), list | dict):  # `_cell` wrote it as JSON
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    continue
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            config[c] = v.item() if isinstance(v, np.generic) else v
+        try:
+            inert = family.inert_keys(config)
+        except Exception:  # noqa: BLE001 - a row the family cannot read: no key is declared inert
+            continue
+        keys = [c for c in cols if c in inert]
+        if keys:
+            out[str(row["trial_id"])] = keys
+    return out
 
 
 def metric_columns(trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
@@ -198,14 +257,28 @@ def metric_columns(trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
 
 def write_results(study_dir: Path, spec: Spec, trials: pd.DataFrame, epochs: pd.DataFrame) -> Path:
     """Write ``results/trials.parquet`` and ``results/epochs.parquet`` (atomically); returns the directory."""
-    out = results_dir(study_dir)
+    out = checked_results_dir(study_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        PARQUET_STUDY_KEY: json.dumps(study_metadata(spec, Path(study_dir), metric_columns(trials, epochs))).encode()
-    }
+    described = study_metadata(spec, Path(study_dir), metric_columns(trials, epochs), trials)
+    meta = {PARQUET_STUDY_KEY: json.dumps(described).encode()}
     source = {"data_source": spec.data.source}  # in every table: what the numbers were measured on
     write_parquet(_mixed_to_str(trials.assign(**source)), out / TRIALS_FILE, metadata=meta)
     write_parquet(epochs.assign(**source), out / EPOCHS_FILE, metadata=meta)
+    return out
+
+
+def checked_results_dir(study_dir: Path) -> Path:
+    """``STUDY/results``, refused (`UserError`, one line naming it) when it is a link or not a
+    directory, or leads outside the study: the tables and the report are never written through it
+    into another study or anywhere else."""
+    out = results_dir(study_dir)
+    if out.is_symlink():
+        raise UserError(f"{out}: a link (to {os.readlink(out)}), not the study's own directory: nothing is written "
+                        "through it; remove the link and run the command again")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: not a directory: nothing is written there; move it away and run the command again")
+    if confined(study_dir, RESULTS_DIR) is None:  # the study directory reached through a link is fine; this is not
+        raise UserError(f"{out}: leads outside the study directory {study_dir}: nothing is written there")
     return out
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.errors import DiskFull, UserError, is_disk_full, one_line
-from core.layout import EPOCHS_FILE, REPORT_FILE, RESULTS_DIR, SUMMARY_FILE, TRIALS_FILE, results_dir
+from core.layout import EPOCHS_FILE, REPORT_FILE, RESULTS_DIR, SPEC_FILE, SUMMARY_FILE, TRIALS_FILE, results_dir
 from core.status import UNFINISHED
 from study.lock import StudyLock
 from study.results import state as tune_state
@@ -34,8 +34,9 @@ from study.run.resume import complete_counts, prune_finished, record_spec, repai
 from study.run.stop import RayLogGuard, StopRequest, Terminated
 from study.run.tuner import build_tuner
 from study.spec.checks import check_configs
+from study.spec.grid import collapse_note
 from study.spec.load import load_spec
-from study.spec.model import Spec, check_name
+from study.spec.model import RunRecord, Spec, check_name
 from study.spec.smoke import smoke_spec
 from study.storage import Store
 from study.trackers.settings import check_installed
@@ -63,6 +64,25 @@ def prepare_spec(spec_path: str | Path, overrides: list[str], smoke: bool) -> Sp
     check_installed(spec.log_to, spec_path)  # a tracker's package: one line naming the extra
     if smoke:
         spec = smoke_spec(spec, dict(get_family(spec.trainable).smoke))
+    # recorded in spec.yaml and the tables' metadata: the analysis flags both
+    return spec.model_copy(update={"run": RunRecord(overrides=list(overrides), smoke=smoke)})
+
+
+def keep_recorded_trials(store: Store, name: str, spec: Spec) -> Spec:
+    """`spec` as a study already started under `name` ran it: a study recorded before grid points
+    with inert keys were collapsed (its spec.yaml has no ``search.inert``) keeps every one of its
+    trials (``search.inert: keep``)."""
+    import yaml
+
+    text = store.read_text(name, SPEC_FILE)
+    if text is None or spec.search.inert == "keep":
+        return spec
+    try:
+        search = (yaml.safe_load(text) or {}).get("search")
+    except (yaml.YAMLError, AttributeError):
+        return spec  # a damaged spec.yaml: record_spec reports it
+    if isinstance(search, dict) and "inert" not in search:
+        return spec.model_copy(update={"search": spec.search.model_copy(update={"inert": "keep"})})
     return spec
 
 
@@ -107,6 +127,7 @@ def _run_study(
         spec = spec.model_copy(update={"name": check_name(name, "--name")})
     name = spec.name
     store = Store.open(storage, create=True)
+    spec = keep_recorded_trials(store, name, spec)
     resume_cmd = shlex.join(
         ["study", "run", str(spec_path), *(["--name", given_name] if given_name else []),
          "--storage", str(storage), *[a for o in (overrides or []) for a in ("--set", o)],
@@ -162,6 +183,9 @@ class StudyRun:
             file=out,
             flush=True,
         )
+        note = collapse_note(spec)
+        if note:
+            print(f"[study] {name}: {note}", file=out, flush=True)
         print(f"[study] {name}: watch it live: study serve --storage {shlex.quote(str(store.root))} "
               f"(then http://127.0.0.1:8000/study/{name})", file=out, flush=True)  # fmt: skip
         complete = complete_counts(store, name, spec)
@@ -253,8 +277,10 @@ class StudyRun:
 def write_report(study_dir: Path, out: TextIO | None = None) -> Path | None:
     """Build the study's tables and HTML report (analysis package)."""
     from analysis.report import write_study_outputs
+    from study.results.tables import checked_results_dir
 
     out = out or sys.stdout
+    checked_results_dir(study_dir)  # never written through a link into another study
     path = write_study_outputs(study_dir)
     print(f"[study] report: {path}", file=out, flush=True)
     return path

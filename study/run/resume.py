@@ -25,7 +25,7 @@ from study.spec.model import Spec
 from study.storage import Store
 
 # spec keys a resumed study may change (no trial uses them; the name is the study's directory anyway)
-EDITABLE = {"name": None, "description": None, "paper": None}
+EDITABLE = {"name": None, "description": None, "paper": None, "run": None}  # run: how it was run (--set, --smoke)
 
 
 def spec_difference(old: dict, new: dict, prefix: str = "") -> str | None:

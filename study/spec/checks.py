@@ -169,17 +169,27 @@ def _admissible(spec: Spec, key: str, value: Any) -> str | None:
     dom = spec.space.get(key)
     base = spec.base_config()
     if key == "seed":
-        return None if value in spec.seed_list else f"seed {short(value)} is not one of the seeds {short(spec.seed_list)}"
+        return (
+            None if value in spec.seed_list else f"seed {short(value)} is not one of the seeds {short(spec.seed_list)}"
+        )
     if isinstance(dom, Grid):
-        return None if value in dom.grid else f"{key}: {short(value)} is not a grid value of space.{key} {short(dom.grid)}"
+        return (
+            None if value in dom.grid else f"{key}: {short(value)} is not a grid value of space.{key} {short(dom.grid)}"
+        )
     if isinstance(dom, Choice):
-        return None if value in dom.choice else f"{key}: {short(value)} is not a choice of space.{key} {short(dom.choice)}"
+        return (
+            None if value in dom.choice else f"{key}: {short(value)} is not a choice of space.{key} {short(dom.choice)}"
+        )
     if isinstance(dom, Uniform | LogUniform | RandInt):
         lo, hi = getattr(dom, "uniform", None) or getattr(dom, "loguniform", None) or dom.randint
         ok = isinstance(value, int | float) and not isinstance(value, bool) and lo <= value <= hi
         if isinstance(dom, RandInt):
             ok = ok and isinstance(value, int) and value < hi
-        return None if ok else f"{key}: {short(value)} is outside space.{key} [{lo}, {hi}{')' if isinstance(dom, RandInt) else ']'}"
+        return (
+            None
+            if ok
+            else f"{key}: {short(value)} is outside space.{key} [{lo}, {hi}{')' if isinstance(dom, RandInt) else ']'}"
+        )
     if key in base:
         section = "fixed" if key in spec.fixed else "data"
         return None if base[key] == value else f"{key}: {short(value)}, but {section}.{key} is {short(base[key])}"

@@ -200,7 +200,8 @@ def _collapse(spec: Spec, plan: GridPlan) -> GridPlan:
         kept.append(canon)
     if not dropped:
         return plan
-    keys = sorted(set().union(*(changed for _, changed in dropped)))
+    changed_keys = set().union(*(changed for _, changed in dropped))
+    keys = [k for k in axes if k in changed_keys]
     at = {}
     for k in axes:
         values = {_equality_key(p[k]) for p, _ in dropped}
@@ -222,7 +223,7 @@ def collapse_note(spec: Spec) -> str:
     verb = "has" if len(plan.keys) == 1 else "have"
     return (
         f"{plan.collapsed * per_point} of {total} trials repeat another configuration ({', '.join(plan.keys)} "
-        f"{verb} no effect {'at ' + where if where else 'there'}); the grid runs {len(plan.points) * per_point}"
+        f"{verb} no effect {'at ' + where if where else f'in {plan.collapsed} of the grid points'}); the grid runs {len(plan.points) * per_point}"
     )
 
 

@@ -47,6 +47,9 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>", *, references: 
     """Validate a raw dict into a `Spec`, including the trainable's known keys; `references`: also
     that every paper row and claim selects a configuration the study runs (`check_paper`; a smoke
     spec, whose grid leaves out what its data cannot hold, is checked as the full spec was)."""
+    search = raw.get("search", {})
+    if isinstance(search, dict) and "inert" not in search:  # a spec file's default: collapse
+        raw = {**raw, "search": {**search, "inert": "collapse"}}
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:

@@ -162,8 +162,10 @@ class Search(_Strict):
     # how grid axes combine: product (every combination) | cover (a covering set, see `grid_points`)
     grid: Literal["product", "cover"] = "product"
     # grid points that differ only in keys the family declares inert there (``inert_keys``):
-    # collapse (run one of them, see `study.spec.grid`) | keep (run each, as studies did before)
-    inert: Literal["collapse", "keep"] = "collapse"
+    # collapse (run one of them, see `study.spec.grid`) | keep (run each). A spec file without
+    # it collapses (`study.spec.load.parse_spec`); a recorded spec.yaml without it is a study
+    # started before collapsing existed, which keeps its own trials.
+    inert: Literal["collapse", "keep"] = "keep"
 
 
 class Scheduler(_Strict):
