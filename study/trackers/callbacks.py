@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.tune.logger import TBXLoggerCallback
 
 from core.errors import one_line
@@ -279,9 +279,21 @@ class MLflowTracker(_Tracker, _MLflowRuns):
         self._init_tracker(searched)
 
 
+class _FlushedWandbActor(_WandbLoggingActor):
+    """Ray's W&B logging actor, waiting for W&B to write everything before it returns: Ray kills the
+    actor as soon as `run` returns, and W&B's service process writes a run's file after `finish`."""
+
+    def run(self) -> None:
+        super().run()
+        self._wandb.teardown()
+
+
 class _WandbRuns(WandbLoggerCallback):
     """WandbLoggerCallback whose runs go under the study directory (``STUDY/wandb/``) on local storage,
-    and that needs no API key for ``mode: offline``/``disabled``."""
+    that needs no API key for ``mode: offline``/``disabled``, and whose runs are complete on disk when
+    the study ends."""
+
+    _logger_actor_cls = _FlushedWandbActor
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         mode = self.kwargs.get("mode")

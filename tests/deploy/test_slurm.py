@@ -170,7 +170,7 @@ def test_requeued_job_resumes_the_study(tmp_path: Path) -> None:
         assert len(done_before) == 1, f"not one trial finished at the kill ({done_before}): timing\n{out1[-3000:]}"
         assert "Ray head up on simnode1" in out1 and "Ray cluster: 2 node(s)" in out1, out1
         calls = (tmp_path / "srun-0.log").read_text().splitlines()
-        assert calls[0].startswith("simnode1 ray start --head"), calls
+        assert calls[0].startswith("simnode1 ray start --head --node-ip-address=127.0.0.1"), calls
         assert any(c.startswith("simnode2 ray start --address=127.0.0.1:") for c in calls), calls
 
         # what a lost node leaves: a lock of this job (restart 0) from a host that is gone, heartbeat fresh

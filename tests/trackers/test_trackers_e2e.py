@@ -88,11 +88,12 @@ def _wandb_runs(study: Path) -> dict[str, dict]:
     runs = {}
     for d in sorted((study / "wandb").glob("offline-run-*")):
         (run_file,) = d.glob("run-*.wandb")
-        run: dict = {"group": None, "config": {}, "history": [], "exited": False}
+        run_id = d.name.split("-", 3)[3]  # offline-run-<date>_<time>-<run id>
+        run: dict = {"id": None, "group": None, "config": {}, "history": [], "exited": False}
         for r in _wandb_records(run_file):
             kind = r.WhichOneof("record_type")
             if kind == "run":
-                run["group"], run_id = r.run.run_group, r.run.run_id
+                run["group"], run["id"] = r.run.run_group, r.run.run_id
                 run["config"].update({c.key: json.loads(c.value_json) for c in r.run.config.update})
             elif kind == "config":
                 run["config"].update({c.key: json.loads(c.value_json) for c in r.config.update})
@@ -130,7 +131,7 @@ def test_every_tracker_gets_every_trial(ray_local, tmp_path: Path) -> None:
     assert set(wb) == ids
     for trial_id, run in wb.items():
         row = trials.set_index("trial_id").loc[trial_id]
-        assert run["exited"] and run["group"] == "tracked"
+        assert run["id"] == trial_id and run["exited"] and run["group"] == "tracked"  # a complete run file
         assert [h["epoch"] for h in run["history"]] == [1, 2]
         assert abs(run["history"][-1]["test_acc"] - row["final_test_acc"]) < 1e-9
         assert run["config"]["arch"] == row["arch"] and run["config"]["seed"] == row["seed"]
@@ -162,6 +163,7 @@ def test_a_pack_logs_one_run_per_member(ray_local, tmp_path: Path) -> None:
     wb = _wandb_runs(study)
     assert set(wb) == ids
     for trial_id, run in wb.items():
+        assert run["id"] == trial_id and run["exited"]
         assert [h["epoch"] for h in run["history"]] == [1, 2] and run["config"]["lr"] == by_id.loc[trial_id, "lr"]
         assert abs(run["history"][-1]["test_acc"] - by_id.loc[trial_id, "final_test_acc"]) < 1e-9
 
