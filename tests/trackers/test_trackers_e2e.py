@@ -17,6 +17,8 @@ from study.runner import run_study
 from tests.conftest import write_spec
 
 pytestmark = pytest.mark.e2e
+for _package in ("tensorboardX", "tensorboard", "mlflow", "wandb"):  # the [tensorboard,mlflow,wandb] extras
+    pytest.importorskip(_package)
 ALL = ["tensorboard", "mlflow", "wandb"]
 FIXED = {"epochs": 2, "batch_size": 50, "lr": 0.01}
 
