@@ -22,7 +22,7 @@ REPO = Path(__file__).parents[1]
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 # Per-test timeouts (seconds) of the slow tiers, longest first; other tests get pyproject's 300 s.
-TIER_TIMEOUT_S = {"cluster": 900, "fault": 600}
+TIER_TIMEOUT_S = {"cluster": 900, "fault": 600, "e2e": 480}
 
 # Tests without Ray that take too long for the fast tier (measured with --durations on 2 shared
 # cores): they run in the e2e tier. Listed by node id here so that their files stay as they are.
