@@ -193,7 +193,7 @@ def _admissible(spec: Spec, key: str, value: Any) -> str | None:
     if key in base:
         section = "fixed" if key in spec.fixed else "data"
         return None if base[key] == value else f"{key}: {short(value)}, but {section}.{key} is {short(base[key])}"
-    return f"{key}: the spec does not set {key} (the tables have no {key} column); set it in fixed: or space:"
+    return f"{key}: not set by the spec (the tables have no {key} column); set it in fixed: or space:"
 
 
 def _selects(spec: Spec, points: list[dict[str, Any]], where: dict[str, Any]) -> str | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,15 @@ from study.spec.model import Spec
 from study.spec.overrides import apply_overrides
 from study.spec.yamlfile import read_yaml
 
+# pydantic's names of union members without a class name: float, constrained-float, function-after[...]
+_UNION_MEMBER = re.compile(r"(float|int|str|bool|none|constrained-\w+|function-\w+\[.*\])")
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     # pydantic adds the union member's name (e.g. "Grid") to the location: drop those
     parts: list[str] = []
     for p in map(str, loc):
-        if p[:1].isupper() or (parts and parts[-1] == p):  # union member names; a tag repeating its field
+        if p[:1].isupper() or (parts and parts[-1] == p) or _UNION_MEMBER.fullmatch(p):  # not keys of the file
             continue
         parts.append(p)
     return ".".join(parts) or "(top level)"
