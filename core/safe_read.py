@@ -22,7 +22,7 @@ import json
 import os
 import stat
 import sys
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, one_line
@@ -112,13 +112,12 @@ def loads_json(data: str | bytes, where: str) -> Any:
 
 
 def safe_relpath(rel: str) -> bool:
-    """True for a relative path of plain names (no ``..``, no leading ``/``, no backslash, no NUL,
-    no drive letter, not empty): a key of a remote listing or a path named in a file may be used
+    """True for a relative path of plain names (no ``..`` or ``.``, no empty part or leading ``/``, no
+    backslash, no NUL, no drive letter): a key of a remote listing or a path named in a file may be used
     below its directory only when this holds."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
         return False
-    parts = PurePosixPath(rel).parts
-    return bool(parts) and not any(p in ("..", ".") or ":" in p[:2] for p in parts)
+    return not any(p in ("", ".", "..") or ":" in p[:2] for p in rel.split("/"))
 
 
 def confined(root: str | Path, path: str | Path) -> Path | None:

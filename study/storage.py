@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,18 +130,21 @@ class Store:
             raise UserError(f"{self.root}: study name {name!r} is not a plain directory name: refused")
         fs, base = self._fs()
         src = f"{base}/{name}"
+        files = []  # every key is checked before anything is written
         for info in fs.get_file_info(pyarrow.fs.FileSelector(src, recursive=True, allow_not_found=True)):
             if info.type != pyarrow.fs.FileType.File:
                 continue
             rel = info.path[len(src) + 1 :] if info.path.startswith(f"{src}/") else None
-            dst = confined(local, rel) if rel is not None and safe_relpath(rel) else None
-            if dst is None or dst == local.resolve():
+            # the directories on the way must stay in the mirror; a link at the file's own name is replaced
+            parent = confined(local, posixpath.dirname(rel) or ".") if rel is not None and safe_relpath(rel) else None
+            if parent is None:
                 raise UserError(
                     f"{self.study_path(name)}: the storage lists a file {info.path!r} that would be written outside "
-                    f"the local mirror {local}: refused (nothing of it is written)"
+                    f"the local mirror {local}: refused (nothing of the study is mirrored)"
                 )
-            if "checkpoint_" in rel or rel.startswith(f"{RESULTS_DIR}/"):
-                continue
+            if "checkpoint_" not in rel and not rel.startswith(f"{RESULTS_DIR}/"):
+                files.append((info, rel))
+        for info, rel in files:
             if info.size is not None and info.size > STATE_LIMIT:
                 notice(f"{self.study_path(name)}/{rel}: {info.size:,} bytes, more than {STATE_LIMIT:,}: not mirrored")
                 continue

@@ -1,8 +1,9 @@
 """Trial counts by status, without the result files, for `study ls` and `study status`.
 
-Read from the saved experiment state, ``spec.yaml`` (as plain YAML, not validated) and
-``study.json`` (`study.results.facts`): no torch, Ray, pandas or plotly is imported, so both
-commands answer in a fraction of a second. The counts are those of ``trials.parquet``.
+Read from the saved experiment state, ``spec.yaml`` (as plain YAML, not validated), ``study.json``
+(`study.results.facts`) and the finished trials' result files (their epochs on record): no torch,
+Ray, pandas or plotly is imported, so both commands answer in a fraction of a second. The counts
+are those of ``trials.parquet``: both come from `study.results.trials.reported_status`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from core.layout import SPEC_FILE
 from core.safe_read import SMALL_LIMIT, read_bounded
 from core.status import STATUSES
 from study.results.facts import epochs_default
-from study.results.trials import final_status, results_gone, trials_from_state
+from study.results.trials import epochs_on_record, reported_status, trials_from_state
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -44,12 +45,14 @@ def study_counts(study_dir: Path) -> dict[str, int]:
     scheduler = (raw.get("scheduler") or {}).get("type", "none") != "none"
     counts: dict[str, int] = {}
     for t in trials_from_state(study_dir):
-        last = t["meta"].get("last_result") or {}
-        status = final_status(t["status"], last, t["config"].get("epochs", default), scheduler=scheduler)
-        if t["meta"].get("problem") and status != "ERROR":  # its directory is not read: as in trials.parquet
-            status = "MISSING"
-        elif t["status"] == "TERMINATED" and results_gone(Path(study_dir) / t["logdir"]):
-            status = "MISSING"
+        n_epochs = t["config"].get("epochs", default)
+        if t["status"] == "TERMINATED":  # the epochs on record decide, as in trials.parquet
+            epochs, last, problem = epochs_on_record(Path(study_dir), t)
+            if problem:
+                t = {**t, "meta": {**t["meta"], "problem": problem}}
+        else:
+            epochs, last = [], t["meta"].get("last_result") or {}
+        status, _ = reported_status(t, Path(study_dir) / t["logdir"], epochs, last, n_epochs, scheduler)
         counts[status] = counts.get(status, 0) + 1
     return counts
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.layout import RESULT_FILE
-from core.safe_read import UnsafeFile, notice
+from core.safe_read import UnsafeFile, confined, notice
 from study.results.state import read_jsonl
 
 
@@ -32,8 +32,11 @@ def expand_packs(study_dir: Path, entries: list[dict]) -> list[dict]:
             out.append(t)
             continue
         problem = t["meta"].get("problem")
+        result = Path(study_dir) / t["logdir"] / RESULT_FILE
         try:
-            rows = [] if problem else read_jsonl(Path(study_dir) / t["logdir"] / RESULT_FILE)
+            if not problem and confined(result.parent, result.name) is None:
+                raise UnsafeFile(f"{result}: a link leading outside its trial directory: not read")
+            rows = [] if problem else read_jsonl(result)
         except UnsafeFile as e:  # a FIFO, a device, too large: the members have no rows, and say why
             rows, problem = [], str(e)
             notice(problem)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.safe_read import UnsafeFile
+from core.safe_read import UnsafeFile, confined
 from study.results.state import read_jsonl
 
 # columns Ray adds to every result row that are not metrics, and ours that are not metrics either
@@ -86,8 +86,11 @@ def summarise(rows: Iterable[dict]) -> TrialRows:
 
 def summarise_file(path: str) -> TrialRows:
     """`summarise` of a result file; a file that is not read (`core.safe_read`) gives no epochs and its `problem`."""
+    path = Path(path)
+    if path.is_symlink() and confined(path.parent, path.name) is None:
+        return TrialRows(problem=f"{path}: a link leading outside its trial directory: not read")
     try:
-        return summarise(read_jsonl(Path(path)))
+        return summarise(read_jsonl(path))
     except UnsafeFile as e:
         return TrialRows(problem=str(e))
 

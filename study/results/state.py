@@ -62,9 +62,12 @@ class TrialState:
 def parse_state(text: str | bytes, where: str) -> list[TrialState]:
     """The trials of one experiment state file; `StateError` (one line) if it is not valid JSON or
     not in the format this reader knows."""
+    deep = f"{where}: not valid JSON (nested too deeply to be read): the file is truncated or corrupt"
     try:
         state = loads_json(text, where)
-    except (ValueError, UnicodeDecodeError, UnsafeFile) as e:
+    except UnsafeFile:
+        raise StateError(deep) from None
+    except (ValueError, UnicodeDecodeError) as e:
         raise StateError(f"{where}: not valid JSON ({short_reason(e)}): the file is truncated or corrupt") from None
     fmt = f"{where}: not an experiment state of Ray {RAY_TESTED} (see README, 'Upgrading Ray')"
     if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
@@ -96,8 +99,8 @@ def parse_state(text: str | bytes, where: str) -> list[TrialState]:
                     problem=problem,
                 )
             )
-        except UnsafeFile as e:
-            raise StateError(f"{where}: not valid JSON ({short_reason(e)}): the file is truncated or corrupt") from None
+        except UnsafeFile:
+            raise StateError(deep) from None
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise StateError(f"{fmt}: trial_data[{i}]: {short_reason(e)}") from None
     return trials

@@ -36,7 +36,7 @@ from core.layout import (
 from core.metrics import Metric, semantics_to_json
 from core.safe_read import confined, notice
 from study.results.rows import TrialRows, num, summarise, summarise_files
-from study.results.trials import error_message, final_status, missing_data, trials_from_state
+from study.results.trials import error_message, reported_status, trials_from_state
 from study.spec.grid import collapse_record
 from study.spec.model import Spec
 
@@ -124,14 +124,10 @@ def collect(study_dir: Path, spec: Spec, *, parallel: bool = False) -> tuple[pd.
                     bests[m] = float(arr.min() if direction_of[m] == "min" else arr.max()) if arr.size else math.nan
             offset += n
         last = summary.last
-        epochs = [{"epoch": e} for e in summary.epochs]  # what missing_data reads of them
         config = t["config"]
-        status = final_status(t["status"], last, config.get("epochs", epochs_default), scheduler=scheduler)
-        missing = missing_data(trial_dir, t["status"], epochs, config.get("epochs", epochs_default), status)
-        if problem:
-            missing = problem
-        if missing and status != "ERROR":
-            status = "MISSING"
+        n_epochs = config.get("epochs", epochs_default)
+        meta_t = {**t, "meta": {**t["meta"], "problem": problem}} if problem else t
+        status, missing = reported_status(meta_t, trial_dir, summary.epochs, last, n_epochs, scheduler)
         row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
         for c in hp_cols:
             row[c] = _cell(config.get(c))

@@ -1,8 +1,9 @@
 """A study's trials as its saved state records them, and the status each one is reported with.
 
 `trials_from_state` lists the trials (packs expanded to their members) from the newest readable
-experiment state; `final_status` and `missing_data` give each its status in the vocabulary of
-`core.status` (a TERMINATED trial told apart as DIVERGED, STOPPED or MISSING). Used alike by the
+experiment state; `reported_status` (`final_status`, then `missing_data`) gives each its status in
+the vocabulary of `core.status` (a TERMINATED trial told apart as DIVERGED, STOPPED or MISSING),
+one rule for the counts and the tables alike. Used alike by the
 tables (`study.results.tables`) and the counts (`study.results.counts`); standard library only.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.layout import RESULT_FILE
-from core.safe_read import confined, notice, read_tail
+from core.safe_read import UnsafeFile, confined, notice, read_tail
 from study.results import state as tune_state
 from study.results.packs import expand_packs
 
@@ -112,6 +113,47 @@ def _ranges(values: list[int]) -> str:
         if v is not None:
             start = prev = v
     return ", ".join(out)
+
+
+def reported_status(
+    t: dict, trial_dir: Path, epochs: list[int], last: dict, n_epochs: int, scheduler: bool
+) -> tuple[str, str | None]:
+    """(status, why its data is missing or not read, or None) of one trial as every reader reports it
+    (`study status`, `study ls`, trials.parquet): `final_status` of its last epoch on record, then
+    MISSING when `missing_data` (or the trial's ``problem``: a directory or file not read) says so.
+    `epochs` and `last`: its epochs on record and the last one's fields (`epochs_on_record`)."""
+    status = final_status(t["status"], last, n_epochs, scheduler=scheduler)
+    missing = t["meta"].get("problem") or missing_data(
+        trial_dir, t["status"], [{"epoch": e} for e in epochs], n_epochs, status
+    )
+    if missing and status != "ERROR":
+        status = "MISSING"
+    return status, missing
+
+
+def epochs_on_record(study_dir: Path, t: dict) -> tuple[list[int], dict, str | None]:
+    """(epochs in order, the last epoch's row, why the file was not read) of a trial of
+    `trials_from_state`, from its result.json or, for a pack member, its rows: the same rule as
+    `study.results.rows.summarise` (a resumed trial's later report of an epoch counts)."""
+    if "rows" in t:
+        rows, problem = t["rows"], None
+    elif t["meta"].get("problem"):
+        return [], {}, t["meta"]["problem"]
+    else:
+        path = Path(study_dir) / t["logdir"] / RESULT_FILE
+        try:
+            if path.is_symlink() and confined(path.parent, path.name) is None:
+                raise UnsafeFile(f"{path}: a link leading outside its trial directory: not read")
+            rows, problem = tune_state.read_jsonl(path), None
+        except UnsafeFile as e:
+            return [], {}, str(e)
+    by_epoch: dict[int, dict] = {}
+    for r in rows:
+        e = r.get("epoch")
+        if isinstance(e, (int, float)) and not isinstance(e, bool):
+            by_epoch[int(e)] = r
+    order = sorted(by_epoch)
+    return order, (by_epoch[order[-1]] if order else {}), problem
 
 
 def results_gone(trial_dir: Path) -> bool:

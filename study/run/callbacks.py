@@ -76,13 +76,37 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
             elapsed = time.time() - self.t0
             line = f"[study] {done}/{total} done, {counts.get('RUNNING', 0)} running, {counts.get('ERROR', 0)} failed"
             if best is not None:
-                shown = {k: best_trial.config.get(k) for k in [*spec.space, "seed"] if k in best_trial.config}
+                config = self._best_config(best_trial)
+                shown = {k: config.get(k) for k in [*spec.space, "seed"] if k in config}
                 hp = " ".join(
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={short_value(v)}" for k, v in shown.items()
                 )
                 line += f" | best {spec.metric}={best:.4g} ({hp})"
             line += f" | {fmt_duration(elapsed)}"
             return line
+
+        def _best_config(self, trial: Any) -> dict:
+            """The trial's config; for a pack, its best member's (the pack's own config is ``__pack__``)."""
+            pack = trial.config.get("__pack__") if isinstance(trial.config, dict) else None
+            if not isinstance(pack, dict):
+                return trial.config
+            _, i = getattr(self, "best_members", {}).get(trial.trial_id, (None, None))
+            members = pack.get("members") or []
+            member = members[i] if isinstance(i, int) and i < len(members) else {}
+            return {**(pack.get("shared") or {}), **member}
+
+        def _track_pack(self, trial: Any, result: dict) -> None:
+            """For a pack: which member holds its best value so far (the progress line shows its config)."""
+            members = result.get("members") if isinstance(result, dict) else None
+            if not isinstance(members, dict):
+                return
+            best = self.__dict__.setdefault("best_members", {})
+            held = best.get(trial.trial_id, (None, None))[0]
+            for key, m in members.items():
+                value = m.get(self.spec.metric) if isinstance(m, dict) and not m.get("diverged") else None
+                if is_number(value) and (held is None or (value > held if self.spec.mode == "max" else value < held)):
+                    held = value
+                    best[trial.trial_id] = (value, int(key))
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             now = time.time()
@@ -104,6 +128,7 @@ def make_progress_callback(spec: Spec, out: TextIO, every_s: float = 20.0):
                              f"retry {n} of {self.spec.max_failures}, from its last checkpoint")  # fmt: skip
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self._track_pack(trial, result)
             note = result.get("restore_note")  # trainables.common.RESTORE_NOTE: a checkpoint could not be read
             if note:
                 self._trial_line(f"[study] trial {trial.trial_id}: {one_line(note, 300)}")
