@@ -12,9 +12,12 @@ import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from study.spec.model import Choice, Grid, LogUniform, RandInt, Spec, Uniform, _equality_key
+from study.spec.domains import Choice, Grid, LogUniform, RandInt, Uniform, _equality_key
+
+if TYPE_CHECKING:  # the model calls this module (Spec.n_trials): no import of it at run time
+    from study.spec.model import Spec
 
 
 @dataclass(frozen=True)

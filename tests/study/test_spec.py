@@ -294,3 +294,17 @@ def test_a_recorded_spec_without_a_newer_key_resumes(tmp_path: Path) -> None:
     assert spec_difference(recorded, yaml.safe_load(spec_to_yaml(spec))) is not None
     assert spec_difference(with_defaults(recorded), yaml.safe_load(spec_to_yaml(spec))) is None
     assert with_defaults({"not": "a spec"}) == {"not": "a spec"}
+
+
+def test_a_spec_pickled_by_an_older_version_reads_new_fields_at_their_defaults(tmp_path: Path) -> None:
+    """The progress callback in a study's tuner.pkl holds a pickled spec: one pickled before a field
+    (or a private cache) existed still works (`Spec.n_trials` of a resumed study)."""
+    import pickle
+
+    spec = load_spec(write(tmp_path, GOOD))
+    state = spec.__getstate__()
+    old_dict = {k: v for k, v in state["__dict__"].items() if k != "max_failures"}
+    old = pickle.loads(pickle.dumps(spec))
+    old.__setstate__({**state, "__dict__": old_dict, "__pydantic_private__": None})  # as an older version wrote it
+    assert old.max_failures == type(spec).model_fields["max_failures"].default
+    assert old.n_trials() == spec.n_trials()
