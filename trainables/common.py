@@ -79,6 +79,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # trainables/runtime.py: precision and memory format, off on a CPU unless asked for
     "amp": "auto",  # auto (bf16 on CUDA, else fp16 + grad scaler; off on CPU) | off | bf16 | fp16
     "channels_last": "auto",  # auto (on for CUDA) | true | false: NHWC model and 4-D inputs
+    # checkpoint cadence: 0 = every epoch; N > 0 = at most every N seconds and at the last epoch
+    # (tiny trials: a kill redoes at most N seconds of training; every epoch is still reported)
+    "checkpoint_every_s": 0.0,
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PLATFORM_METRICS = tuple(M.PLATFORM_METRICS)  # names of the cost metrics run_trial reports for every family
@@ -110,6 +113,7 @@ COMMON_TYPES: dict[str, Any] = {
     "threads": _PosInt,
     "amp": Literal["auto", "off", "bf16", "fp16"],
     "channels_last": Literal["auto"] | StrictBool,
+    "checkpoint_every_s": Annotated[_Float, Field(ge=0)],
 }
 _TYPE_OF_DEFAULT = {bool: StrictBool, int: StrictInt, float: _Float, str: StrictStr, list: list}
 
@@ -382,6 +386,8 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
             rt.report({**last_finite, **note})
             return
 
+    every_s = float(cfg["checkpoint_every_s"]) if rt.world == 1 else 0.0  # data-parallel: every epoch
+    last_save = time.monotonic()
     for epoch in range(start + 1, int(cfg["epochs"]) + 1):
         lr = optimizer.param_groups[0]["lr"]
         # what this epoch reports if it diverges: the last finished epoch, with its (finite) metrics
@@ -408,6 +414,10 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
             rt.report({**diverged, "error": "non-finite metric", **note})
             return
         last_finite = metrics
+        if every_s > 0 and epoch < int(cfg["epochs"]) and time.monotonic() - last_save < every_s:
+            rt.report({**metrics, **note})  # inside the window: no checkpoint (a kill redoes these epochs)
+            note = {}
+            continue
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -419,6 +429,7 @@ def run_trial(config: dict, data: Any = None, *, family: Family, seeds: list[int
             **rt.state_dict(),
         }
         save_checkpoint(state, {**metrics, **note}, report=rt.report)
+        last_save = time.monotonic()
         note = {}
 
 

@@ -255,6 +255,8 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
     vstats = _vmapped(sup.train_stats, cfg0)
     vloss = _vmapped(lambda out, batch, cfg: sup.loss(out, batch, cfg), cfg0)
     vevals = _vmapped(sup.eval_stats, cfg0)
+    every_s = float(cfg0["checkpoint_every_s"])  # checkpoint cadence (trainables.common.COMMON_DEFAULTS)
+    last_save = time.monotonic()
     for epoch in range(start + 1, int(cfg0["epochs"]) + 1):
         lr = opt.lr_at(epoch - 1)
         members: dict[str, dict] = {}
@@ -317,6 +319,10 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
         values = [m[metric] for m in members.values() if not m.get("diverged") and metric in m]
         if values:  # the pack's best member: what Tune's progress and best-trial logic see
             report[metric] = max(values) if mode == "max" else min(values)
+        final = epoch == int(cfg0["epochs"]) or not bool(active.any())
+        if every_s > 0 and not final and time.monotonic() - last_save < every_s:
+            tune.report(report)  # inside the window: no checkpoint (a kill redoes these epochs)
+            continue
         with tempfile.TemporaryDirectory() as d:
             state = {
                 "model": model.state_dict(),
@@ -329,6 +335,7 @@ def run_pack_trial(config: dict, data: Any = None, *, family: Family) -> None:
             }
             torch.save(state, os.path.join(d, "pack.pt"))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+        last_save = time.monotonic()
         if not bool(active.any()):
             return
 
