@@ -506,3 +506,121 @@ def test_progress_line_of_a_packed_study_names_the_best_member(tmp_path: Path) -
     line = out.getvalue().strip().splitlines()[-1]
     assert "best test_acc=0.9 (arch=Siamese seed=1)" in line, line
     assert "()" not in line
+
+
+# --- study submit uploads the project only ----------------------------------------------------------------
+
+
+class _FakeJobsAPI:
+    """A Ray Jobs API on 127.0.0.1 that records every package uploaded and every job submitted."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.packages: list[bytes] = []
+        self.jobs: list[dict] = []
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _reply(self, code: int, body: Any = None) -> None:
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.startswith("/api/version"):
+                    self._reply(200, {"version": "4", "ray_version": "2.60.0", "ray_commit": "x", "session_name": "s"})
+                else:  # no token auth (an older head), no package yet
+                    self._reply(404, {})
+
+            def do_PUT(self) -> None:  # noqa: N802
+                api.packages.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self._reply(200, {})
+
+            def do_POST(self) -> None:  # noqa: N802
+                api.jobs.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self._reply(200, {"job_id": "raysubmit_1", "submission_id": "raysubmit_1"})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def uploaded(self) -> list[str]:
+        import zipfile
+
+        names: list[str] = []
+        for data in self.packages:
+            names += zipfile.ZipFile(io.BytesIO(data)).namelist()
+        return names
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text(SECRET)
+    (home / ".aws").mkdir()
+    (home / ".aws" / "credentials").write_text(SECRET)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    return home
+
+
+def _project(root: Path, home: Path) -> Path:
+    """A checkout of the project with things around it that must never leave the machine."""
+    (root / "study").mkdir(parents=True)
+    (root / "study" / "__init__.py").write_text("")
+    (root / "core").mkdir()
+    (root / "core" / "x.py").write_text("X = 1\n")
+    (root / "core" / "__pycache__").mkdir()
+    (root / "core" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (root / "pyproject.toml").write_text('[project]\nname = "study-platform"\n')
+    (root / "search_spaces").mkdir()
+    write_spec(root / "search_spaces" / "s.yaml", name="s")
+    (root / "search_spaces" / "keys").symlink_to(home / ".ssh")  # links into the home directory
+    (root / "search_spaces" / "creds.yaml").symlink_to(home / ".aws" / "credentials")
+    (root / ".env").write_text(SECRET)
+    (root / "studies" / "old").mkdir(parents=True)
+    (root / "studies" / "old" / "result.json").write_text("{}")
+    (root / "notes.txt").write_text(SECRET)
+    return root
+
+
+def test_submit_uploads_the_project_list_only(fake_home: Path, tmp_path: Path, capsys) -> None:
+    api = _FakeJobsAPI()
+    project = _project(tmp_path / "proj", fake_home)
+    try:
+        code, out, err = run(capsys, "submit", str(project / "search_spaces" / "s.yaml"), "--address", api.url)
+        assert code == 0, err
+        names = api.uploaded()
+        assert names and {n.split("/")[0] for n in names} <= {"core", "study", "search_spaces", "pyproject.toml"}, names
+        assert "search_spaces/s.yaml" in names and "core/x.py" in names
+        assert not [n for n in names if "__pycache__" in n or "keys" in n or "creds" in n], names
+        assert "[study] uploading from" in out and "core/ study/ search_spaces/ pyproject.toml" in out, out
+        assert api.jobs[0]["entrypoint"] == "study run search_spaces/s.yaml --address auto"
+        # a spec elsewhere in the project goes by itself
+        write_spec(project / "mine.yaml", name="m")
+        code, out, err = run(capsys, "submit", str(project / "mine.yaml"), "--address", api.url)
+        assert code == 0 and "mine.yaml" in api.uploaded() and "notes.txt" not in api.uploaded(), err
+    finally:
+        api.server.shutdown()
+
+
+@pytest.mark.parametrize("where", ["home", "other-project"])
+def test_submit_from_a_directory_that_is_not_the_project_is_refused(fake_home: Path, capsys, where: str) -> None:
+    api = _FakeJobsAPI()
+    if where == "other-project":
+        (fake_home / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    spec = write_spec(fake_home / "s.yaml", name="s")
+    try:
+        code, _, err = run(capsys, "submit", str(spec), "--address", api.url)
+        one_line_exit_2(code, err, "nothing is uploaded")
+        assert api.packages == [] and api.jobs == []
+    finally:
+        api.server.shutdown()
