@@ -11,8 +11,23 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from core.errors import short
 
 
+def read_older_pickle(self: BaseModel, state: dict[str, Any]) -> None:
+    """`BaseModel.__setstate__` for a model pickled by an older version (a study's ``tuner.pkl``
+    holds a spec in its progress callback): fields added since take their defaults, private caches
+    start empty."""
+    BaseModel.__setstate__(self, state)
+    for name, info in type(self).model_fields.items():
+        if name not in self.__dict__ and not info.is_required():
+            self.__dict__[name] = info.get_default(call_default_factory=True)
+    private = dict(getattr(self, "__pydantic_private__", None) or {})
+    for name, attr in (type(self).__private_attributes__ or {}).items():
+        private.setdefault(name, attr.get_default())
+    object.__setattr__(self, "__pydantic_private__", private)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    __setstate__ = read_older_pickle
 
 
 class Grid(_Strict):

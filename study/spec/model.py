@@ -25,6 +25,7 @@ from study.spec.domains import (  # noqa: F401 (the domains are re-exported: stu
     Uniform,
     _equality_key,
     _Strict,
+    read_older_pickle,
 )
 from study.trackers.settings import (
     MLflowSettings,
@@ -58,6 +59,7 @@ class Data(BaseModel):
     `classes_file` the class list of imagenet-subset; other keys are trainable config keys."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    __setstate__ = read_older_pickle
     source: Literal[DATA_SOURCES]
     root: str | None = None
     classes_file: str | None = None
@@ -205,18 +207,6 @@ class Spec(_Strict):
     _grid: Any = PrivateAttr(default=None)  # study.spec.grid's cache of the scheduled grid points
     _log_to = field_validator("log_to")(check_log_to)
     _used = field_validator("tensorboard", "mlflow", "wandb")(check_used)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """A spec pickled by an older version (a study's ``tuner.pkl`` holds one in its progress
-        callback) reads the fields added since at their defaults, and its private caches empty."""
-        super().__setstate__(state)
-        for name, info in type(self).model_fields.items():
-            if name not in self.__dict__ and not info.is_required():
-                self.__dict__[name] = info.get_default(call_default_factory=True)
-        private = dict(getattr(self, "__pydantic_private__", None) or {})
-        for name, attr in type(self).__private_attributes__.items():
-            private.setdefault(name, attr.get_default())
-        object.__setattr__(self, "__pydantic_private__", private)
 
     @field_validator("space", mode="before")
     @classmethod

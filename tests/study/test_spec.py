@@ -308,3 +308,6 @@ def test_a_spec_pickled_by_an_older_version_reads_new_fields_at_their_defaults(t
     old.__setstate__({**state, "__dict__": old_dict, "__pydantic_private__": None})  # as an older version wrote it
     assert old.max_failures == type(spec).model_fields["max_failures"].default
     assert old.n_trials() == spec.n_trials()
+    search = pickle.loads(pickle.dumps(spec.search))  # a section (the Search model) likewise
+    search.__setstate__({**search.__getstate__(), "__dict__": {"algorithm": "grid"}})
+    assert search.grid == "product" and search.num_samples == 1
