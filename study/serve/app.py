@@ -239,20 +239,19 @@ def create_app(storage: str | Path, *, token: str | None = None, loopback: bool 
         return _json(catalog.index())
 
     def summary(live: Any, snap: Any) -> dict[str, Any]:
+        """The study's index row, its counts from this snapshot (what the trials table says)."""
+        from study.serve.catalog import _row
+
         row = catalog.index_row(live.name)
         done = reports.latest(live.name)
         if done is not None and done[0] != snap.version and not snap.error:
             reports.get(live, snap, wait=False)  # a newer report is built in the background
-        return {
-            **row,
-            "version": snap.version,
-            "counts": snap.counts,
-            "trials_total": snap.total if not snap.error else row["trials_total"],
-            "error": snap.error or row["error"],
-            "status": snap.status,
-            "notes": snap.notes,
-            "report_version": done[0] if done else None,
-        }
+        if not snap.error:
+            row = {**row, **{k: v for k, v in _row(live.name, counts=snap.counts, total=snap.total).items()
+                             if k in ("status", "trials_done", "trials_running", "trials_failed", "trials_total")}}  # fmt: skip
+        return {**row, "version": snap.version, "counts": snap.counts if not snap.error else row["counts"],
+                "error": snap.error or row["error"], "notes": snap.notes,
+                "report_version": done[0] if done else None}  # fmt: skip
 
     def api_study(request: Request) -> Response:
         live = live_or_404(request.path_params["name"])

@@ -4,7 +4,7 @@
 A name from a URL is used only if it is a study the storage lists (a directory with a
 ``spec.yaml``) whose resolved path lies inside the storage: ``..``, slashes, and symlinks that
 lead out of the storage are refused. The index is read from Tune's saved state only (the counts
-of `study status`, as `study.results.study_counts` counts them), never from the result files, and computed
+of `study status`, by `study.results.study_counts`), never from the result files, and computed
 again for a study only when its spec, state or directory changed.
 """
 
@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,13 @@ class Catalog:
         self._index: dict[str, tuple[Any, dict]] = {}
         self._pulled: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="study-serve-index")
 
     def close(self) -> None:
         import shutil
 
+        self._pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.work, ignore_errors=True)
 
     # -- names
@@ -136,14 +140,29 @@ class Catalog:
         cached = self._index.get(name)
         if cached and cached[0] == key:
             return cached[1]
+        if cached:  # known before: the last row now, the new one computed beside (a large state takes seconds)
+            with self._lock:
+                if name not in self._pending:
+                    self._pending.add(name)
+                    self._pool.submit(self._recompute, name, live, state, key)
+            return cached[1]
         row = self._compute_row(name, live, state)
         self._index[name] = (key, row)
         return row
 
+    def _recompute(self, name: str, live: LiveStudy, state: list[Path], key: Any) -> None:
+        try:
+            self._index[name] = (key, self._compute_row(name, live, state))
+        finally:
+            with self._lock:
+                self._pending.discard(name)
+
     def _compute_row(self, name: str, live: LiveStudy, state: list[Path]) -> dict[str, Any]:
+        from study.results import study_counts
+
         try:
             spec = live.spec()
-            counts = live.state_counts()
+            counts = study_counts(live.dir)
         except Exception as e:  # noqa: BLE001 - a broken study is marked on its row, the others as usual
             raw = live.raw_spec()
             return _row(name, trainable=str(raw.get("trainable") or ""), error=one_line(e, 300),

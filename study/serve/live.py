@@ -35,10 +35,12 @@ from core.status import STATUSES, UNFINISHED
 from study.trial_rows import TrialRows, num, summarise
 
 FileKey = tuple[int, int]  # (size, mtime_ns)
+_EMPTY = TrialRows()
+BACKGROUND_STATE_BYTES = 8 << 20  # a state file larger than this is parsed again in a thread
 HEAD_BYTES = 64  # first bytes of a result file: if they change, the file was rewritten
 
 
-def file_key(path: Path) -> FileKey | None:
+def file_key(path: str | Path) -> FileKey | None:
     """(size, mtime_ns) of a regular file, None when it is missing or not a file."""
     try:
         st = os.stat(path)
@@ -120,9 +122,15 @@ class ResultFile:
         self.view = TrialRows()  # done + a last line without its newline yet (if it parses)
         self.reads = 0  # bytes read so far (tests and the benchmark check reading is incremental)
 
-    def read(self, path: Path) -> TrialRows:
+    def read(self, path: str | Path) -> TrialRows:
         key = file_key(path)
         if key == self.key:
+            return self.view
+        if os.path.islink(path):  # read by `study.results`' rules for links (confined to the trial directory)
+            from study.trial_rows import summarise_file
+
+            self.key, self.offset, self.head, self.done = key, 0, b"", TrialRows()
+            self.view = summarise_file(str(path))
             return self.view
         self.key = key
         if key is None:
@@ -223,15 +231,14 @@ class LiveStudy:
         self._spec_key: Any = ()
         self._spec: Any = None
         self._raw: dict[str, Any] = {}
-        self._state_key: Any = ()
-        self._state: list[dict] = []
-        self._state_notes: list[str] = []
+        self._state_key: Any = None  # None: never read
+        self._pair: tuple[list[dict], Any] = ([], ())
         self._files: dict[str, ResultFile] = {}
+        self._paths: dict[str, tuple[str, str]] = {}
         self._rows: dict[str, tuple[Any, dict, TrialRows]] = {}
-        self._packs: dict[str, tuple[Any, list[dict]]] = {}
         self._snapshot: Snapshot | None = None
         self._entries: dict[str, dict] = {}
-        self._parsed: dict[tuple, Any] = {}
+        self._state_thread: threading.Thread | None = None
         self._direction_of: Any = None
         self._direction_spec: Any = None
         self._results: tuple[str, Any] | None = None
@@ -268,79 +275,44 @@ class LiveStudy:
 
     def _trials_state(self) -> list[dict]:
         """[{trial_id, status, config, logdir, meta}] as `study.results` reads them (packs expanded)."""
+        return self._keyed_state()[0]
+
+    def _keyed_state(self) -> tuple[list[dict], Any]:
+        """`_trials_state` and the key (state files' names, sizes, mtimes) of the state it read."""
         from study import tune_state
 
         files = sorted(self.dir.glob(EXPERIMENT_STATE_GLOB))
         backup = sorted((self.dir / tune_state.BACKUP_DIR).glob(EXPERIMENT_STATE_GLOB))
         key = tuple((p.name, file_key(p)) for p in [*files, *backup])
         if key != self._state_key:
-            fast = self._parse_newest(files, backup)
-            if fast is None:  # a corrupt or missing newest file: Tune's fallbacks, as every reader has them
-                latest = tune_state.read_latest(self.dir)
-                if latest.path is None and latest.skipped:
-                    raise tune_state.StateError(latest.skipped[0][1])
-                if latest.path is None and any(self.dir.glob(f"trial_*/{RESULT_FILE}")):
-                    raise tune_state.StateError(
-                        f"{self.dir}: no {EXPERIMENT_STATE_GLOB} (Tune's saved state) although trials have results: "
-                        "the state was deleted; the trials cannot be told apart from leftovers"
-                    )
-                trials, self._state_notes = latest.trials, [one_line(why, 300) for _, why in latest.skipped]
+            size = sum((k or (0, 0))[0] for _, k in key)
+            if self._state_key is not None and size > BACKGROUND_STATE_BYTES:  # a large state: parsed beside, not in, a refresh
+                self._parse_in_background(files, backup, key)
             else:
-                trials, self._state_notes = fast, []
-            self._state = [
-                {"trial_id": t.trial_id, "status": t.status, "config": t.config, "logdir": t.logdir,
-                 "meta": {"num_failures": t.num_failures, "last_result": t.last_result,
-                          "error_filename": t.error_filename}}
-                for t in trials
-            ]  # fmt: skip
-            self._state_key = key
-        return self._expand(self._state)
+                self._parse_state(files, backup, key)
+        return self._pair  # the state and its key, together (a thread may swap them)
 
-    def _parse_newest(self, files: list[Path], backup: list[Path]) -> list | None:
-        """The trials of the newest state file, each trial entry parsed (by `tune_state.parse_state`)
-        only when its text changed since the last read; None when the newest file does not parse or
-        a newer backup exists (then `tune_state.read_latest` decides)."""
-        from study import tune_state
+    def _parse_state(self, files: list[Path], backup: list[Path], key: Any) -> None:
+        """The trials of the saved state, by `study.results.trials_from_state` (every reader's rules:
+        the newest readable file, packs expanded, directories out of the study marked)."""
+        from study.results import trials_from_state
 
-        if not files:
-            return None
-        newest = files[-1]
-        if backup and (tune_state.session_of(backup[-1]) or "") > (tune_state.session_of(newest) or ""):
-            return None
-        try:
-            state = json.loads(newest.read_bytes())
-            items = state["trial_data"] if isinstance(state, dict) else None
-            if not isinstance(items, list):
-                return None
-            parsed, out = {}, []
-            for item in items:
-                key = tuple(item) if isinstance(item, list) and all(isinstance(x, str) for x in item) else None
-                trial = self._parsed.get(key) if key else None
-                if trial is None:
-                    (trial,) = tune_state.parse_state(json.dumps({"trial_data": [item]}), str(newest))
-                if key:
-                    parsed[key] = trial
-                out.append(trial)
-        except (OSError, ValueError, tune_state.StateError):
-            return None
-        self._parsed = parsed
-        return out
+        self._pair = (trials_from_state(self.dir), key)
+        self._state_key = key
 
-    def _expand(self, entries: list[dict]) -> list[dict]:
-        from study.shapes import expand_packs
+    def _parse_in_background(self, files: list[Path], backup: list[Path], key: Any) -> None:
+        """Parse the state in a thread (one at a time); until it is done, snapshots use the last one."""
+        if self._state_thread is not None and self._state_thread.is_alive():
+            return
 
-        out = []
-        for t in entries:
-            if not isinstance(t["config"].get("__pack__"), dict):
-                out.append(t)
-                continue
-            key = (t["status"], t["meta"]["num_failures"], file_key(self.dir / t["logdir"] / RESULT_FILE))
-            cached = self._packs.get(t["trial_id"])
-            if cached is None or cached[0] != key:
-                cached = (key, expand_packs(self.dir, [t]))
-                self._packs[t["trial_id"]] = cached
-            out += cached[1]
-        return out
+        def run() -> None:
+            try:
+                self._parse_state(files, backup, key)
+            except Exception:  # noqa: BLE001 - the next synchronous read reports it
+                self._state_key = None
+
+        self._state_thread = threading.Thread(target=run, name=f"study-serve-state-{self.name}", daemon=True)
+        self._state_thread.start()
 
     # -- the trials table
 
@@ -367,23 +339,30 @@ class LiveStudy:
         spec = self.spec()
         if self._direction_of is None or self._direction_spec is not spec:
             self._direction_of, self._direction_spec = _memo(_directions(spec)), spec
-        entries = self._trials_state()
+        entries, read_key = self._keyed_state()
         hp_cols = hyperparameter_columns(spec)
         epochs_default = get_family(spec.trainable).all_defaults["epochs"]
         scheduler = spec.scheduler.type != "none"
-        rows, seen, newest = [], set(), max([k[1][1] for k in self._state_key if k[1]] or [0])
+        changed = False
+        rows, seen, newest = [], set(), max([k[1][1] for k in read_key if k[1]] or [0])
         self._entries = {t["trial_id"]: t for t in entries}
-        self._prime([t for t in entries if "rows" not in t and t["trial_id"] not in self._files])
+        self._prime([t for t in entries if "rows" not in t and not t["meta"].get("problem") and t["trial_id"] not in self._files])
         for t in entries:
             tid = t["trial_id"]
             seen.add(tid)
-            trial_dir = self.dir / t["logdir"]
             if "rows" in t:  # a pack member: its rows come with it
                 rf_key: Any = ("pack", id(t["rows"]))
                 summary = None
+            elif t["meta"].get("problem"):  # a directory not read (a link out of the study)
+                rf_key, summary = ("problem", t["meta"]["problem"]), _EMPTY
             else:
-                rf = self._files.setdefault(tid, ResultFile())
-                summary = rf.read(trial_dir / RESULT_FILE)
+                rf = self._files.get(tid)
+                if rf is None:
+                    rf = self._files[tid] = ResultFile()
+                path = self._paths.get(tid)
+                if path is None or path[0] != t["logdir"]:
+                    path = self._paths[tid] = (t["logdir"], os.path.join(self.dir, t["logdir"], RESULT_FILE))
+                summary = rf.read(path[1])
                 rf_key = rf.key
                 if rf.key:
                     newest = max(newest, rf.key[1])
@@ -392,26 +371,34 @@ class LiveStudy:
             if cached is not None and cached[0] == sig:
                 rows.append(cached[1])
                 continue
+            changed = True
             if summary is None:
                 summary = summarise(t["rows"])
+            trial_dir = self.dir / t["logdir"]
             row = _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, self._direction_of)
             self._rows[tid] = (sig, row, summary)
             rows.append(row)
         for gone in set(self._rows) - seen:
             self._rows.pop(gone, None)
             self._files.pop(gone, None)
+            changed = True
         rows.sort(key=lambda r: r["trial_id"])
-        trials = pd.DataFrame(rows) if rows else pd.DataFrame(
-            columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
-        )
+        previous = self._snapshot
+        if not changed and previous is not None and not previous.error and len(previous.trials) == len(rows):
+            trials = previous.trials  # nothing changed: the same table
+        else:
+            trials = pd.DataFrame(rows) if rows else pd.DataFrame(
+                columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
+            )
         counts = {s: int(n) for s, n in trials["status"].value_counts().items()} if len(trials) else {}
         counts = {s: counts[s] for s in STATUSES if s in counts} | {s: n for s, n in counts.items() if s not in STATUSES}
-        version = f"{self._spec_key}|{self._state_key}|" + "|".join(
+        version = f"{self._spec_key}|{read_key}|" + "|".join(
             f"{tid}:{self._rows[tid][0][3]}" for tid in sorted(seen)
         )
         digest = hashlib.blake2b(version.encode(), digest_size=10).hexdigest()
         total = max(len(trials), spec.n_trials())
-        return Snapshot(digest, trials, counts, total, newest or self._mtime(), None, list(self._state_notes))
+        notes = list(dict.fromkeys(t["meta"]["problem"] for t in entries if t["meta"].get("problem")))
+        return Snapshot(digest, trials, counts, total, newest or self._mtime(), None, notes[:20])
 
     def _prime(self, fresh: list[dict]) -> None:
         """A first read of many result files: parsed by worker processes (`summarise_files`)."""
@@ -434,25 +421,6 @@ class LiveStudy:
                 if complete:  # else read again, by the rules of a file being written
                     rf.key, rf.offset, rf.head, rf.done, rf.view, rf.reads = key, key[0], head, rows, rows, key[0]
                     self._files[t["trial_id"]] = rf
-
-    def state_counts(self) -> dict[str, int]:
-        """Trials by status from the saved state, as `study.results.study_counts` counts them (no
-        result file read; its state file parsed incrementally)."""
-        from study.results import final_status
-        from trainables import get_family
-
-        with self.lock:
-            spec = self.spec()
-            default = get_family(spec.trainable).all_defaults["epochs"]
-            scheduler = spec.scheduler.type != "none"
-            counts: dict[str, int] = {}
-            for t in self._trials_state():
-                last = t["meta"].get("last_result") or {}
-                status = final_status(t["status"], last, t["config"].get("epochs", default), scheduler=scheduler)
-                if t["status"] == "TERMINATED" and not (file_key(self.dir / t["logdir"] / RESULT_FILE) or (0,))[0]:
-                    status = "MISSING"
-                counts[status] = counts.get(status, 0) + 1
-            return counts
 
     def config(self, trial_id: str) -> dict[str, Any]:
         """A trial's config as the saved state records it ({} when unknown)."""
@@ -525,6 +493,11 @@ def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, 
     """One row of the trials table, by `study.results.collect`'s rules."""
     from study.results import final_status, missing_data
 
+    try:
+        from study.results.trials import reported_status
+    except ImportError:
+        reported_status = None
+
     finals: dict[str, float] = {}
     bests: dict[str, float] = {}
     for m, vals in summary.metrics.items():
@@ -536,10 +509,15 @@ def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, 
     last = summary.last
     config = t["config"]
     n_epochs = config.get("epochs", epochs_default)
-    status = final_status(t["status"], last, n_epochs, scheduler=scheduler)
-    missing = missing_data(trial_dir, t["status"], [{"epoch": e} for e in summary.epochs], n_epochs, status)
-    if missing and status != "ERROR":
-        status = "MISSING"
+    problem = t["meta"].get("problem") or getattr(summary, "problem", None)
+    if reported_status is not None:
+        meta_t = {**t, "meta": {**t["meta"], "problem": problem}} if problem else t
+        status, missing = reported_status(meta_t, trial_dir, summary.epochs, last, n_epochs, scheduler)
+    else:  # an older `study.results`
+        status = final_status(t["status"], last, n_epochs, scheduler=scheduler)
+        missing = missing_data(trial_dir, t["status"], [{"epoch": e} for e in summary.epochs], n_epochs, status)
+        if missing and status != "ERROR":
+            status = "MISSING"
     row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
     for c in hp_cols:
         v = config.get(c)
@@ -562,9 +540,13 @@ def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, 
 
 
 def _error_message(trial_dir: Path, meta: dict) -> str | None:
-    from study.results import error_line
+    try:
+        from study.results import error_message
+    except ImportError:
+        from study.results import error_line
 
-    return error_line(trial_dir / (meta.get("error_filename") or "error.txt"))
+        return error_line(trial_dir / (meta.get("error_filename") or "error.txt"))
+    return error_message(trial_dir, meta)
 
 
 def _memo(fn: Any) -> Any:

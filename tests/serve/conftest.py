@@ -37,6 +37,11 @@ def write_tune_study(storage: Path, name: str, *, repeats: int = 2, epochs: int 
     spec["fixed"] = {**spec["fixed"], "epochs": epochs}
     if description is not None:
         spec["description"] = description
+    grid = {k: v["grid"] for k, v in spec["space"].items()}
+    paper = dict(spec.get("paper") or {})
+    paper["results"] = [r for r in paper.get("results", [])  # paper rows the grid can select
+                        if all(v in grid.get(k, [v]) for k, v in r["where"].items())]  # fmt: skip
+    spec["paper"] = paper
     (d / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     hp = study.metadata["hyperparameters"]
     groups = dict(tuple(study.epochs.groupby("trial_id", sort=False)))
@@ -125,7 +130,7 @@ def storage(tmp_path: Path) -> Path:
     """A storage with a complete study, a running one, damaged ones and hostile strings."""
     root = tmp_path / "studies"
     root.mkdir()
-    write_tune_study(root, "done")
+    write_tune_study(root, "done", lrs=(0.005, 0.1))  # the Siamese paper row selects lr 0.005, batch 50
     write_tune_study(root, "live", n_running=3, epochs=4, seed=1)
     # damaged: a truncated state file, a study without its state although trials have results
     bad = write_tune_study(root, "truncated", seed=2)

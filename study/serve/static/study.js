@@ -50,6 +50,7 @@
     }
     report = payload;
     buildFilters();
+    applySelection();
     const state = document.getElementById("report-state");
     state.textContent = payload.stale ? "figures updating…" : "";
   }
@@ -207,7 +208,7 @@
 
   async function renderCurves(chosen) {
     const ids = chosen.filter(r => r.epochs_done > 0).slice(0, CURVE_TRIALS).map(r => r.trial_id);
-    const key = ids.join(",") + "|" + trialsVersion;
+    const key = ids.join(",") + "|" + trialsVersion + "|" + (report ? report.metric : "");
     if (key === curvesKey) return;
     curvesKey = key;
     const div = document.getElementById("fig-selected-curves");
@@ -272,7 +273,7 @@
     const body = await api(base + "/trials");
     if (body) { trials = body; trialsVersion = body.version; }
     buildFilters();
-    applySelection();
+    if (report) applySelection();
   }
 
   async function refreshReport(summary) {
