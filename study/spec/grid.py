@@ -221,12 +221,13 @@ def collapse_note(spec: Spec) -> str:
     if not plan.collapsed:
         return ""
     per_point = spec.search.num_samples * spec.n_seeds
-    total = (plan.n_before) * per_point
+    total = plan.n_before * per_point
     where = ", ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in plan.at.items())
     verb = "has" if len(plan.keys) == 1 else "have"
+    there = f"at {where}" if where else "in some configurations"
     return (
         f"{plan.collapsed * per_point} of {total} trials repeat another configuration ({', '.join(plan.keys)} "
-        f"{verb} no effect {'at ' + where if where else f'in {plan.collapsed} of the grid points'}); the grid runs {len(plan.points) * per_point}"
+        f"{verb} no effect {there}); the grid runs {len(plan.points) * per_point}"
     )
 
 
