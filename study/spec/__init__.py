@@ -3,9 +3,10 @@
 - `study.spec.model`: the pydantic model (`Spec` and its sections, the domains of ``space``);
 - `study.spec.yamlfile`: safe YAML reading (`read_yaml`, `load_yaml`);
 - `study.spec.overrides`: ``--set KEY=VALUE`` (`apply_overrides`);
-- `study.spec.checks`: sizes, keys, values and trial shapes against the trainable;
+- `study.spec.checks`: sizes, keys, values, the paper block (`check_paper`) and trial shapes;
 - `study.spec.load`: `load_spec` (read, override, validate, check), `parse_spec`, `spec_to_yaml`;
-- `study.spec.grid`: the configurations a spec stands for (`grid_points`, `example_configs`);
+- `study.spec.grid`: the configurations a spec schedules (`grid_plan`, `grid_points`: inert duplicates
+  collapsed, claim points in a covering set) and `example_configs`;
 - `study.spec.smoke`: `smoke_spec` (``study run --smoke``).
 
 Ray Tune domains are made from a spec in one place, `study.run.tuner.to_param_space`. This package
@@ -17,8 +18,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from study.spec.checks import MAX_REPEATS, MAX_SAMPLES, MAX_TRIALS, check_configs, check_keys, check_limits, check_shape
-from study.spec.grid import CoverValue, example_configs, grid_points
+from study.spec.checks import (
+    MAX_REPEATS,
+    MAX_SAMPLES,
+    MAX_TRIALS,
+    check_configs,
+    check_keys,
+    check_limits,
+    check_paper,
+    check_shape,
+)
+from study.spec.grid import CoverValue, GridPlan, PointValue, collapse_note, example_configs, grid_plan, grid_points
 from study.spec.load import load_spec, parse_spec, spec_to_yaml
 from study.spec.model import (
     DATA_SOURCES,
@@ -35,6 +45,7 @@ from study.spec.model import (
     PaperResult,
     RandInt,
     Resources,
+    RunRecord,
     Scheduler,
     Search,
     Spec,
@@ -48,10 +59,10 @@ from study.spec.yamlfile import MAX_SPEC_BYTES, MAX_YAML_VALUES, load_yaml, read
 
 __all__ = [
     "DATA_SOURCES", "DOMAIN_KINDS", "MAX_REPEATS", "MAX_SAMPLES", "MAX_SPEC_BYTES", "MAX_TRIALS", "MAX_YAML_VALUES",
-    "NAME_MAX", "NAME_PATTERN", "Choice", "Claim", "CoverValue", "Data", "Domain", "Grid", "LogUniform", "Paper",
-    "PaperResult", "RandInt", "Resources", "Scheduler", "Search", "Spec", "Uniform", "apply_overrides",
-    "check_configs", "check_keys", "check_limits", "check_name", "check_shape", "default_paper_datasets",
-    "example_configs", "grid_points", "load_spec", "load_yaml", "parse_override", "parse_spec", "read_yaml",
+    "NAME_MAX", "NAME_PATTERN", "Choice", "Claim", "CoverValue", "Data", "Domain", "Grid", "GridPlan", "LogUniform",
+    "Paper", "PaperResult", "PointValue", "RandInt", "Resources", "RunRecord", "Scheduler", "Search", "Spec",
+    "Uniform", "apply_overrides", "check_configs", "check_keys", "check_limits", "check_name", "check_paper",
+    "check_shape", "collapse_note", "default_paper_datasets", "example_configs", "grid_plan", "grid_points", "load_spec", "load_yaml", "parse_override", "parse_spec", "read_yaml",
     "smoke_spec", "spec_to_yaml", "to_param_space",
 ]  # fmt: skip
 
