@@ -207,16 +207,17 @@ def backup_snapshot(staging_dir: str | Path, study_dir: Path) -> bool:
     return True
 
 
-def repair_state(study_dir: Path) -> str | None:
+def repair_state(study_dir: Path, epochs_default: int | None = None) -> str | None:
     """Before Tune restores a study: if the newest state file is corrupt, set aside that session's
     files (renamed ``*.corrupt``) and put back the newest good snapshot (the backup, or an older
     session's files), so Tune never fails to restore and silently starts the study over. Returns a
     one-line note of what was done, None when the state is fine; `StateError` (exit 2) when no good
-    snapshot exists."""
+    snapshot exists. Trials that finished after the copy put back are kept finished (`adopt_finished`;
+    `epochs_default`: the family's epochs when a trial's config has none)."""
     study_dir = Path(study_dir)
     files = state_files(study_dir)
     if not files:
-        return _no_state(study_dir)
+        return _no_state(study_dir, epochs_default)
     newest = files[-1]
     try:
         parse_state(read_state_bytes(newest), str(newest))
@@ -242,22 +243,71 @@ def repair_state(study_dir: Path) -> str | None:
         for src in _snapshot_files(backup.parent, session):
             os.replace(_copy_tmp(src, study_dir), study_dir / src.name)
         source = f"the backup copy saved at {_clock(backup)}"
+        restored = study_dir / backup.name
     else:
         source = f"{good[-1].name} (saved at {_clock(good[-1])})"
+        restored = good[-1]
     return (
         f"{newest.name} is corrupt ({problem.split(': ', 1)[-1]}); set aside as {newest.name}{CORRUPT_SUFFIX}, "
-        f"resuming from {source}"
+        f"resuming from {source}{_adopted(study_dir, restored, epochs_default)}"
     )
 
 
-def _no_state(study_dir: Path) -> str | None:
+def adopt_finished(study_dir: Path, state_path: Path, epochs_default: int | None) -> list[str]:
+    """Mark TERMINATED, in a restored (older) state, every unfinished trial whose result.json already
+    holds all its epochs (1..``epochs`` of its config, else `epochs_default`) or ends with a diverged
+    epoch, with that last row as its last result: a copy of the state older than the trials' work
+    must never make Tune train them again and rewrite their results. Returns their ids."""
+    study_dir = Path(study_dir)
+    state = loads_json(read_state_bytes(state_path), str(state_path))
+    adopted = []
+    for item in state.get("trial_data") or []:
+        trial, meta = loads_json(item[0], str(state_path)), loads_json(item[1], str(state_path))
+        if trial.get("status") in ("TERMINATED", "ERROR"):
+            continue
+        logdir = trial.get("relative_logdir") or f"trial_{trial.get('trial_id')}"
+        config = trial.get("config") or {}
+        n = config.get("epochs", epochs_default)
+        if not safe_relpath(logdir) or not isinstance(n, int) or "__pack__" in config:
+            continue
+        result = confined(study_dir, f"{logdir}/{RESULT_FILE}")
+        try:
+            rows = read_jsonl(result) if result is not None else []
+        except UserError:
+            continue
+        done = sorted({int(r["epoch"]) for r in rows if isinstance(r.get("epoch"), int)})
+        last = max((r for r in rows if isinstance(r.get("epoch"), int)), key=lambda r: r["epoch"], default=None)
+        if last is None or not (done == list(range(1, n + 1)) or last.get("diverged")):
+            continue
+        trial["status"] = "TERMINATED"
+        meta["last_result"] = {**(meta.get("last_result") or {}), **last}
+        item[0], item[1] = json.dumps(trial), json.dumps(meta)
+        adopted.append(str(trial.get("trial_id")))
+    if adopted:
+        tmp = state_path.with_name(f".{state_path.name}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, state_path)
+    return adopted
+
+
+def _adopted(study_dir: Path, state_path: Path, epochs_default: int | None) -> str:
+    """`adopt_finished` as the tail of a repair note ("" when none)."""
+    try:
+        ids = adopt_finished(study_dir, state_path, epochs_default)
+    except (OSError, UserError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return ""
+    return f"; {len(ids)} trial(s) finished after that copy kept as finished from their results" if ids else ""
+
+
+def _no_state(study_dir: Path, epochs_default: int | None = None) -> str | None:
     """Tune's ``tuner.pkl`` is there but no state file (a run stopped within seconds of starting, or the
     file was deleted): put back the backup, or start afresh when no trial has saved anything yet."""
     backup = _backup_state(study_dir)
     if backup is not None and _parses(backup):
         for src in _snapshot_files(backup.parent, session_of(backup)):
             os.replace(_copy_tmp(src, study_dir), study_dir / src.name)
-        return f"no {STATE_PATTERN} in {study_dir}; resuming from the backup copy saved at {_clock(backup)}"
+        adopted = _adopted(study_dir, study_dir / backup.name, epochs_default)
+        return f"no {STATE_PATTERN} in {study_dir}; resuming from the backup copy saved at {_clock(backup)}{adopted}"
     saved = [p for p in study_dir.glob("trial_*/*") if p.name.startswith("checkpoint_") or p.name == RESULT_FILE]
     if saved:
         raise StateError(

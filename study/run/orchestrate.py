@@ -242,7 +242,7 @@ class StudyRun:
         from trainables import get_family
 
         spec, spec_path, store, name, out, stop = self.spec, self.spec_path, self.store, self.name, self.out, self.stop
-        repair_state(store, name, out)  # before anything starts: a refused study starts no Ray
+        repair_state(store, name, out, spec)  # before anything starts: a refused study starts no Ray
         check_disk_space(store, name)
         init_ray(self.address)
         stop.install_sigterm()  # after ray.init, which installs its own (sys.exit: a native crash mid-run)

@@ -97,9 +97,10 @@ def complete_counts(store: Store, name: str, spec: Spec) -> dict[str, int] | Non
     return counts if finished == sum(counts.values()) == spec.n_trials() else None
 
 
-def repair_state(store: Store, name: str, out: TextIO) -> None:
+def repair_state(store: Store, name: str, out: TextIO, spec: Spec | None = None) -> None:
     """Before Tune restores a study: a corrupt newest state is replaced by the newest good snapshot (or
-    the run is refused, exit 2), so Tune never fails to restore and silently starts the study over."""
+    the run is refused, exit 2), so Tune never fails to restore and silently starts the study over;
+    trials that finished after the copy put back are kept finished (`tune_state.adopt_finished`)."""
     from ray import tune
 
     if not tune.Tuner.can_restore(store.study_path(name)):
@@ -110,7 +111,12 @@ def repair_state(store: Store, name: str, out: TextIO) -> None:
         if files:
             tune_state.parse_state(tune_state.read_state_bytes(files[-1]), f"{store.study_path(name)}/{files[-1].name}")
         return
-    note = tune_state.repair_state(store.local_dir(name))
+    default = None
+    if spec is not None:
+        from study.results.facts import epochs_default
+
+        default = epochs_default(store.local_dir(name), spec.trainable)
+    note = tune_state.repair_state(store.local_dir(name), default)
     if note:
         print(f"[study] {name}: {note}", file=out, flush=True)
 

@@ -624,3 +624,87 @@ def test_submit_from_a_directory_that_is_not_the_project_is_refused(fake_home: P
         assert api.packages == [] and api.jobs == []
     finally:
         api.server.shutdown()
+
+
+# --- recovery from an older copy of the state never re-runs finished work ----------------------------------
+
+
+@pytest.mark.parametrize("source", ["backup", "older-session", "state-deleted"])
+def test_recovery_from_an_older_state_keeps_trials_finished_since(tmp_path: Path, source: str) -> None:
+    from study.results import state as tune_state
+
+    # the copy was saved while a and c ran; both finished since (c only 1 of its 2 epochs: not finished)
+    old = [entry("a", "RUNNING", 0), entry("b", "ERROR", 1, error_filename="error.txt"), entry("c", "PENDING", 2)]
+    study = make_study(tmp_path, entries=old)
+    (study / "trial_c").mkdir()
+    (study / "trial_c" / "result.json").write_text(_rows("c", 1))
+    older = study / STATE_NAME
+    if source == "backup":
+        (study / tune_state.BACKUP_DIR).mkdir()
+        os.replace(older, study / tune_state.BACKUP_DIR / "experiment_state-2026-01-02_00-00-00.json")
+    if source != "state-deleted":
+        (study / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [["{\\"trial_id')  # cut
+    else:
+        (study / tune_state.BACKUP_DIR).mkdir()
+        os.replace(older, study / tune_state.BACKUP_DIR / STATE_NAME)
+    before = (study / "trial_a" / "result.json").read_bytes()
+    note = tune_state.repair_state(study, epochs_default=2)
+    assert note and "1 trial(s) finished after that copy kept as finished" in note, note
+    status = {t.trial_id: t.status for t in tune_state.read_latest(study).trials}
+    assert status == {"a": "TERMINATED", "b": "ERROR", "c": "PENDING"}
+    assert tune_state.read_latest(study).trials[0].last_result["epoch"] == 2
+    assert (study / "trial_a" / "result.json").read_bytes() == before
+    from study.results.counts import study_counts
+
+    assert study_counts(study) == {"TERMINATED": 1, "ERROR": 1, "PENDING": 1}
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory) -> Path:
+    """A tiny study run to the end by a real `study run` (2 trials of 2 epochs)."""
+    import subprocess
+
+    from tests.conftest import REPO, study_cmd
+
+    root = tmp_path_factory.mktemp("adopt")
+    spec = write_spec(root / "adopt.yaml", name="adopt", repeats=1)
+    proc = subprocess.run(study_cmd("run", str(spec), "--storage", str(root / "studies"), "--no-report"), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return root
+
+
+@pytest.mark.fault
+def test_resume_from_a_backup_older_than_finished_trials_retrains_none(finished_study: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from study.results import state as tune_state
+    from tests.conftest import REPO, study_cmd
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished_study, root, symlinks=True)
+    study = root / "studies" / "adopt"
+    newest = tune_state.state_files(study)[-1]
+    # the backup as it was while both trials ran; the newest state then corrupted by a crash
+    state = json.loads(newest.read_text())
+    for item in state["trial_data"]:
+        trial = json.loads(item[0])
+        trial["status"] = "RUNNING"
+        item[0] = json.dumps(trial)
+    backup = study / tune_state.BACKUP_DIR
+    shutil.rmtree(backup, ignore_errors=True)
+    backup.mkdir()
+    for f in tune_state._snapshot_files(study, tune_state.session_of(newest)):
+        shutil.copyfile(f, backup / f.name)
+    (backup / newest.name).write_text(json.dumps(state))
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    results = {p: p.read_bytes() for p in study.glob("trial_*/result.json")}
+    proc = subprocess.run(study_cmd("run", str(root / "adopt.yaml"), "--storage", str(root / "studies"), "--no-report"),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 trial(s) finished after that copy kept as finished" in proc.stdout, proc.stdout
+    assert {p: p.read_bytes() for p in study.glob("trial_*/result.json")} == results  # none trained again
+    import pandas as pd
+
+    assert pd.read_parquet(study / "results" / "trials.parquet")["status"].tolist() == ["TERMINATED"] * 2
