@@ -46,11 +46,29 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster's config on its head
+
+
 def check_resources(spec: Spec) -> None:
-    """Fail fast when a fixed-size cluster can never give one trial what the spec asks for."""
+    """Fail fast (one line) when the cluster can never give one trial what the spec asks for: a node
+    for one worker's cpu/gpu on a fixed-size cluster, and all of a data-parallel trial's workers
+    (``workers x cpu``, ``workers x gpu``) within what the cluster has, or, autoscaling, what it can
+    grow to (`cluster_capacity`; not checked when that is unknown)."""
     import ray
 
-    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    r = spec.resources
+    if r.workers > 1:
+        cap = cluster_capacity()
+        for key, each in (("CPU", r.cpu), ("GPU", r.gpu)):
+            have = cap.get(key, 0.0) if cap is not None else None
+            if each > 0 and have is not None and r.workers * each > have + 1e-9:
+                scope = "at most, with the autoscaler's largest size" if autoscaling_cluster() else "in all"
+                raise UserError(
+                    f"resources: a trial's {r.workers} workers x {key.lower()}={each:g} need {key}={r.workers * each:g}, "
+                    f"but the cluster has {key}={have:g} ({scope}), so no trial could ever start; lower "
+                    "resources.workers or resources.cpu/gpu with --set, or use a larger cluster"
+                )
+    need = {"CPU": r.cpu, "GPU": r.gpu}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(all(n.get(k, 0) >= v for k, v in need.items() if v > 0) for n in nodes):
         return
@@ -88,3 +106,35 @@ def autoscaling_cluster() -> bool:
         return False
     types = set((json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping", {}).values())
     return bool(types) and not all(t.startswith("node_") for t in types)
+
+
+def cluster_capacity() -> dict[str, float] | None:
+    """The most the cluster can hold ({"CPU", "GPU", "memory" (bytes)}): its resources now on a
+    fixed-size cluster; on an autoscaling one, the largest size its config allows (the head's
+    `BOOTSTRAP_CONFIG`: each node type's resources x max_workers), None when that is unknown."""
+    import ray
+
+    now = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+    if not autoscaling_cluster():
+        return now
+    return _autoscaler_max(now)
+
+
+def _autoscaler_max(now: dict[str, float]) -> dict[str, float] | None:
+    import yaml
+
+    try:
+        config = yaml.safe_load(open(os.path.expanduser(BOOTSTRAP_CONFIG), encoding="utf-8").read(1 << 20))
+        types = config["available_node_types"]
+        head = config.get("head_node_type")
+        total: dict[str, float] = {}
+        for name, node in types.items():
+            count = int(node.get("max_workers", 0) or 0) + (1 if name == head else 0)
+            resources = node.get("resources")
+            if count and not isinstance(resources, dict):
+                return None  # detected at start: unknown until the node is up
+            for key in ("CPU", "GPU"):
+                total[key] = total.get(key, 0.0) + count * float((resources or {}).get(key, 0))
+        return {**total, **({"memory": now["memory"]} if "memory" in now else {})} if total else None
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+        return None

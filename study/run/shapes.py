@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from typing import Any
 
 from study.spec.grid import grid_points
 from study.spec.model import Spec
 
 DRIVER_MEMORY = 2**20  # bytes of Ray's memory resource a DDP trial's driver asks for
+# bytes one trial process is taken to need (a worker process with torch and a small model and its
+# data: 0.5-1 GB measured); STUDY_TRIAL_MEMORY_MB overrides it
+TRIAL_MEMORY = int(float(os.environ.get("STUDY_TRIAL_MEMORY_MB", "1024")) * 2**20)
 MEMBER_KEYS = ("seed", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")  # as trainables.packing
 
 
@@ -85,16 +89,23 @@ def shaped_trainable(spec: Spec, data: Any, seeds: list[int] | None) -> Any:
 
 
 def max_concurrent(spec: Spec) -> int | None:
-    """For DDP studies: how many trials' workers fit on the cluster at once (Tune does not see the
-    workers' resources; more drivers would only wait). None: Tune's own limit."""
-    if spec.resources.workers == 1:
-        return spec.search.max_concurrent
-    import ray
+    """How many trials run at once: `search.max_concurrent`, and at most as many trial processes as
+    the cluster's memory holds (`TRIAL_MEMORY` each: ``cpu: 0.25`` on 2 cores must not start 8
+    trial processes whatever their size); for DDP studies also as many trials as the cluster's CPUs
+    and GPUs hold all their workers (Tune does not see the workers' resources; more drivers would
+    only wait). None: Tune's own limit (by CPUs and GPUs). The cluster is sized by
+    `study.run.cluster.cluster_capacity` (an autoscaling cluster of unknown size: no bound)."""
+    from study.run.cluster import cluster_capacity
 
-    total = ray.cluster_resources()
     r = spec.resources
-    fits = [math.floor(total.get("CPU", 0) / (r.workers * r.cpu))]
-    if r.gpu > 0:
-        fits.append(math.floor(total.get("GPU", 0) / (r.workers * r.gpu)))
-    n = max(1, min(fits))
-    return min(n, spec.search.max_concurrent) if spec.search.max_concurrent else n
+    cap = cluster_capacity() or {}
+    fits = []
+    if cap.get("memory"):
+        fits.append(math.floor(cap["memory"] / (TRIAL_MEMORY * r.workers)))
+    if r.workers > 1 and cap:
+        fits.append(math.floor(cap.get("CPU", 0) / (r.workers * r.cpu)))
+        if r.gpu > 0:
+            fits.append(math.floor(cap.get("GPU", 0) / (r.workers * r.gpu)))
+    if spec.search.max_concurrent:
+        fits.append(spec.search.max_concurrent)
+    return max(1, min(fits)) if fits else None

@@ -708,3 +708,83 @@ def test_resume_from_a_backup_older_than_finished_trials_retrains_none(finished_
     import pandas as pd
 
     assert pd.read_parquet(study / "results" / "trials.parquet")["status"].tolist() == ["TERMINATED"] * 2
+
+
+# --- resources the cluster can never hold ---------------------------------------------------------------
+
+
+def _cluster(monkeypatch, resources: dict, autoscaling: bool = False, bootstrap: str | None = None, tmp: Path | None = None):
+    import ray
+
+    from study.run import cluster
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: dict(resources))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": dict(resources)}])
+    monkeypatch.setattr(cluster, "autoscaling_cluster", lambda: autoscaling)
+    if bootstrap is not None and tmp is not None:
+        (tmp / "bootstrap.yaml").write_text(bootstrap)
+        monkeypatch.setattr(cluster, "BOOTSTRAP_CONFIG", str(tmp / "bootstrap.yaml"))
+    else:
+        monkeypatch.setattr(cluster, "BOOTSTRAP_CONFIG", "/nonexistent/bootstrap.yaml")
+
+
+@pytest.mark.parametrize("workers,cpu", [(3, 1), (50, 1), (2, 1.5)])
+def test_workers_the_cluster_cannot_hold_are_refused_before_anything_starts(tmp_path: Path, monkeypatch, workers: int,
+                                                                             cpu: float) -> None:  # fmt: skip
+    from study.run.cluster import check_resources
+    from study.spec import load_spec
+
+    _cluster(monkeypatch, {"CPU": 2.0, "memory": 8e9})
+    spec = load_spec(write_spec(tmp_path / "s.yaml"), [f"resources.workers={workers}", f"resources.cpu={cpu}"])
+    with pytest.raises(UserError) as e:
+        check_resources(spec)
+    line = str(e.value)
+    assert "\n" not in line and f"{workers} workers x cpu={cpu:g} need CPU={workers * cpu:g}" in line, line
+    assert "cluster has CPU=2" in line
+    # an autoscaling cluster is judged by the most it can grow to, when its config says
+    boot = "head_node_type: head\navailable_node_types:\n  head: {resources: {CPU: 2}, max_workers: 0}\n" \
+           "  worker: {resources: {CPU: 4}, max_workers: 2}\n"  # fmt: skip
+    _cluster(monkeypatch, {"CPU": 2.0}, autoscaling=True, bootstrap=boot, tmp=tmp_path)
+    if workers * cpu > 10:
+        with pytest.raises(UserError, match="CPU=10 \\(at most, with the autoscaler's largest size\\)"):
+            check_resources(spec)
+    else:
+        check_resources(spec)  # it can grow to 10 CPUs: waits for the autoscaler
+    _cluster(monkeypatch, {"CPU": 2.0}, autoscaling=True)  # size unknown: not refused
+    check_resources(spec)
+
+
+def test_trial_processes_are_bounded_by_memory(tmp_path: Path, monkeypatch) -> None:
+    from study.run import shapes
+    from study.spec import load_spec
+
+    spec = load_spec(write_spec(tmp_path / "s.yaml"), ["resources.cpu=0.25"])  # 8 trials by CPU on 2 cores
+    _cluster(monkeypatch, {"CPU": 2.0, "memory": 3.5 * 2**30})
+    assert shapes.max_concurrent(spec) == 3  # 1 GiB per trial process
+    _cluster(monkeypatch, {"CPU": 2.0, "memory": 0.5 * 2**30})
+    assert shapes.max_concurrent(spec) == 1  # never 0: one trial always runs
+    ddp = load_spec(write_spec(tmp_path / "d.yaml"), ["resources.workers=2", "resources.cpu=0.5"])
+    _cluster(monkeypatch, {"CPU": 4.0, "memory": 3.5 * 2**30})
+    assert shapes.max_concurrent(ddp) == 1  # 2 worker processes per trial: memory for one trial at once
+    capped = load_spec(write_spec(tmp_path / "c.yaml"), ["search.max_concurrent=2"])
+    _cluster(monkeypatch, {"CPU": 2.0, "memory": 64 * 2**30})
+    assert shapes.max_concurrent(capped) == 2
+    _cluster(monkeypatch, {"CPU": 2.0}, autoscaling=True)  # unknown size, no memory figure: Tune's own limit
+    assert shapes.max_concurrent(spec) is None
+
+
+@pytest.mark.e2e
+def test_study_run_with_more_workers_than_cpus_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import REPO, study_cmd
+
+    spec = write_spec(tmp_path / "ddp.yaml", name="ddp", repeats=1)
+    t0 = time.time()
+    workers = (os.cpu_count() or 2) + 1
+    proc = subprocess.run(study_cmd("run", str(spec), "--storage", str(tmp_path / "studies"), "--set",
+                                    f"resources.workers={workers}"), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{workers} workers x cpu=1 need CPU={workers}" in proc.stderr
+    assert "done," not in proc.stdout and time.time() - t0 < 120  # no progress lines: nothing started
