@@ -202,8 +202,8 @@ def time_step(
     for _ in range(2):
         step()
     sync()
-    # blocks of steps (one on a CPU, five on a GPU between synchronisations); the median block is
-    # the step time: robust to the bursts of other processes' load on a shared machine
+    # blocks of steps (one on a CPU, five on a GPU between synchronisations); their mean is the step
+    # time on the machine as it is now, other processes' load included (`estimate` records the load)
     block = 5 if device.type == "cuda" else 1
     times: list[float] = []
     start = time.perf_counter()
@@ -213,7 +213,7 @@ def time_step(
             step()
         sync()
         times.append((time.perf_counter() - t0) / block)
-    return {"step_s": statistics.median(times), "steps": len(times) * block, "flops": flops}
+    return {"step_s": statistics.fmean(times), "steps": len(times) * block, "flops": flops}
 
 
 def _single_step(family: Any, cfg: Mapping[str, Any], device: torch.device) -> Any:
@@ -394,12 +394,14 @@ def estimate(
         "tune_trials": len(jobs),
         "groups": [asdict(e) for e in estimates],
         "study_s": study_s,
+        "load_avg_1m": round(os.getloadavg()[0], 1),  # the calibration's conditions
     }
 
 
 def format_estimate(est: Mapping[str, Any]) -> list[str]:
     """One line per group and a total."""
-    lines = [f"  cost on {est['where']}: {est['slots']} at once, pack {est['pack']}"]
+    load = f", calibrated at load average {est['load_avg_1m']:g}" if "calibrated here" in str(est["groups"]) else ""
+    lines = [f"  cost on {est['where']}: {est['slots']} at once, pack {est['pack']}{load}"]
     for g in est["groups"]:
         shown = ", ".join(f"{k}={v}" for k, v in g["model"].items())
         step = f"{g['step_s'] * 1e3:.3g} ms/step" if g["step_s"] is not None else "step n/a"

@@ -70,7 +70,7 @@ def test_calibration_times_real_steps_alone_and_packed() -> None:
     cfg = resolve_config(get_family("digit_pairs"), {"arch": "ConvNet", "batch_size": 25, "device": "cpu"})
     alone = cost.time_step("digit_pairs", cfg, budget_s=0.02, count_flops=True)
     packed = cost.time_step("digit_pairs", cfg, members=4, budget_s=0.02, count_flops=True)
-    assert 0 < alone["step_s"] < 1 and alone["steps"] >= 1
+    assert 0 < alone["step_s"] < 30 and alone["steps"] >= 1  # seconds: a shared machine can be slow
     assert packed["flops"] == pytest.approx(4 * alone["flops"], rel=0.01)  # four members' forward and backward
 
 
