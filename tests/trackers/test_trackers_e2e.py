@@ -9,6 +9,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -178,3 +179,37 @@ def test_an_unreachable_tracker_is_one_warning(ray_local, tmp_path: Path, capfd:
     warnings = [line for line in capfd.readouterr().err.splitlines() if "logging stopped" in line]
     assert len(warnings) == 1 and warnings[0].startswith("[study] warning: mlflow logging stopped (")
     assert warnings[0].endswith("; the study goes on")
+
+
+class _Trial:
+    """The parts of a Tune trial the MLflow tracker reads (hashable: Tune's trials are dict keys)."""
+
+    def __init__(self, study: Path, trial_id: str) -> None:
+        import pyarrow.fs
+
+        self.trial_id, self.config = trial_id, {"arch": "ConvNet", "seed": 3}
+        self.storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(study))
+
+    def __str__(self) -> str:
+        return f"trial_entry_{self.trial_id}"
+
+
+def test_a_resumed_trial_continues_its_mlflow_run(tmp_path: Path) -> None:
+    from study.trackers.callbacks import MLflowTracker
+
+    def run_once(epochs: list[int]) -> None:  # one `study run`: a tracker as unpickled from tuner.pkl
+        tracker = MLflowTracker(tracking_uri=None, experiment_name="resumed", tags={"study": "resumed"}, searched=())
+        tracker.setup()
+        trial = _Trial(tmp_path, "abc_00000")
+        tracker.log_trial_start(trial)
+        for epoch in epochs:
+            tracker.log_trial_result(epoch, trial, {"training_iteration": epoch, "epoch": epoch, "test_acc": epoch / 10})
+        if epochs[-1] == 3:
+            tracker.log_trial_end(trial)
+        tracker.on_experiment_end([])
+
+    run_once([1, 2])  # interrupted after epoch 2
+    run_once([3])  # resumed: epoch 3, finished
+    (run,) = _mlflow_runs(tmp_path, "resumed")
+    assert run.data.tags["trial_id"] == "abc_00000" and run.data.tags["seed"] == "3"
+    assert _mlflow_history(tmp_path, run.info.run_id, "test_acc") == [1, 2, 3] and run.info.status == "FINISHED"
