@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import UserError, short
+from core.layout import SPEC_FILE, SPEC_SOURCE_FILE
 from study.spec.checks import check_configs, check_keys, check_limits, check_paper, check_shape
 from study.spec.model import Spec
 from study.spec.overrides import apply_overrides
@@ -47,12 +48,16 @@ def _format_error(path: str, err: ValidationError) -> str:
     return f"{path}: {where}: {msg}{shown}{more}"
 
 
-def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>", *, references: bool = True) -> Spec:
+def parse_spec(
+    raw: dict[str, Any], path: str | Path = "<spec>", *, references: bool = True, recorded: bool = False
+) -> Spec:
     """Validate a raw dict into a `Spec`, including the trainable's known keys; `references`: also
     that every paper row and claim selects a configuration the study runs (`check_paper`; a smoke
-    spec, whose grid leaves out what its data cannot hold, is checked as the full spec was)."""
+    spec, whose grid leaves out what its data cannot hold, is checked as the full spec was).
+    `recorded`: `raw` is a study's own ``spec.yaml``: without ``search.inert`` it predates
+    collapsing and ran every grid point (``keep``); a spec file without it collapses."""
     search = raw.get("search", {})
-    if isinstance(search, dict) and "inert" not in search:  # a spec file's default: collapse
+    if isinstance(search, dict) and "inert" not in search and not recorded:  # a spec file's default
         raw = {**raw, "search": {**search, "inert": "collapse"}}
     try:
         spec = Spec.model_validate(raw)
@@ -67,10 +72,13 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>", *, references: 
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override (``--set``) and validate a spec file."""
+    """Read, override (``--set``) and validate a spec file. A study's recorded ``spec.yaml`` (beside
+    its ``spec_file.txt``) is read as what the study ran (`parse_spec`'s `recorded`): an older
+    study still reads and reports, its paper references not checked again."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return parse_spec(raw, path)
+    recorded = path.name == SPEC_FILE and (path.parent / SPEC_SOURCE_FILE).is_file()
+    return parse_spec(raw, path, references=not recorded, recorded=recorded)
 
 
 # left out while unset: older studies' spec.yaml match

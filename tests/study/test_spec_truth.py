@@ -199,6 +199,20 @@ def test_a_study_recorded_before_collapsing_keeps_its_trials(tmp_path: Path) -> 
     assert keep_recorded_trials(store, "other", spec).search.inert == "collapse"  # a new study collapses
 
 
+def test_an_older_studys_recorded_spec_still_reads(tmp_path: Path) -> None:
+    """Its spec.yaml (beside spec_file.txt) has no search.inert and a claim on a cell the grid now
+    collapses: `study report` reads it as what it ran, every grid point, references unchecked."""
+    claim = {**CLAIM, "a": {"stages": 2, "ms": False}, "b": {"stages": 1, "ms": True}}
+    old = {**WSMS, "search": {"algorithm": "grid"}, "paper": {"dataset": "mnist", "claims": [claim]}}
+    with pytest.raises(UserError, match="b selects no configuration"):
+        load_spec(write(tmp_path, old))  # as a spec file: refused
+    study = tmp_path / "w"
+    study.mkdir()
+    (study / "spec_file.txt").write_text("/somewhere/w.yaml\n")
+    spec = load_spec(write(study, old, "spec.yaml"))
+    assert spec.search.inert == "keep" and spec.n_trials() == 24
+
+
 # 5. Low items: paper numbers are finite, std is not negative
 
 
