@@ -203,16 +203,20 @@ def _selects(spec: Spec, points: list[dict[str, Any]], where: dict[str, Any]) ->
         if why:
             return why
     grid = {k: v for k, v in where.items() if k in spec.grid_axes}
-    if not grid or any(all(p[k] == v for k, v in grid.items()) for p in points):
+    if not grid or any(_match(p, grid) for p in points):
         return None
     plan = grid_plan(spec)
-    if plan.collapsed and any(all(p[k] == v for k, v in grid.items()) for p in product_points(spec)):
+    if plan.collapsed and any(_match(p, grid) for p in product_points(spec)):
         keys = [k for k in grid if k in plan.keys]
-        runs = {k: next(p[k] for p in points if all(p[j] == grid[j] for j in grid if j not in plan.keys)) for k in keys
-                if any(all(p[j] == grid[j] for j in grid if j not in plan.keys) for p in points)}  # fmt: skip
-        with_ = f"; the study runs it with {_shown(runs)}" if runs else ""
-        return f"{_shown(grid)} is a configuration the grid collapsed ({', '.join(keys)} no effect there{with_})"
+        kept = next((p for p in points if _match(p, {k: v for k, v in grid.items() if k not in keys})), None)
+        with_ = f"; the study runs it with {_shown({k: kept[k] for k in keys})}" if kept and keys else ""
+        verb = "has" if len(keys) == 1 else "have"
+        return f"{_shown(grid)} is a configuration the grid collapsed ({', '.join(keys)} {verb} no effect there{with_})"
     return f"no grid point has {_shown(grid)}"
+
+
+def _match(point: dict[str, Any], want: dict[str, Any]) -> bool:
+    return all(point[k] == v for k, v in want.items())
 
 
 def _sampled_conflict(a: dict[str, Any], b: dict[str, Any], spec: Spec) -> bool:

@@ -151,7 +151,7 @@ def test_groups_that_never_meet_within_a_level_are_refused(tmp_path: Path) -> No
 def test_a_reference_to_a_collapsed_configuration_is_refused(tmp_path: Path) -> None:
     claim = {**CLAIM, "metric": "test_acc", "a": {"stages": 2, "ms": False}, "b": {"stages": 1, "ms": True}}
     msg = refused(tmp_path, {**WSMS, "paper": {"claims": [claim]}}, r"b selects no configuration this study runs")
-    assert "the grid collapsed (ms no effect there; the study runs it with ms: False)" in msg
+    assert "the grid collapsed (ms has no effect there; the study runs it with ms: False)" in msg
 
 
 # 3. The seed is the unit: inert duplicates are reported and not scheduled
