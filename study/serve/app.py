@@ -22,7 +22,7 @@ import io
 import ipaddress
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -123,13 +123,17 @@ class Guard:
 
 class Reports:
     """The report part of each study page, built for a snapshot version. The first request builds
-    it and waits; later ones get the last one built at once while a newer one is built in the
-    background (one at a time), so a refresh never waits on the figures of a large study."""
+    it and waits; later ones get the last one built at once while a newer one is built beside (one
+    at a time, in a daemon thread, at most every `REBUILD_EVERY` x the last build's time), so a
+    refresh never waits on the figures of a large study."""
+
+    REBUILD_EVERY = 3.0  # a new build starts no sooner than this many build times after the last one
+    REBUILD_MIN_S = 2.0
 
     def __init__(self) -> None:
         self._done: dict[str, tuple[str, dict, dict]] = {}
         self._building: set[str] = set()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="study-serve-report")
+        self._finished: dict[str, tuple[float, float]] = {}  # name -> (when, seconds it took)
         self._lock = threading.Lock()
 
     def latest(self, name: str) -> tuple[str, dict, dict] | None:
@@ -142,14 +146,17 @@ class Reports:
         if done is None and wait:
             return self._build(live, snap)
         with self._lock:
-            if live.name not in self._building:
+            when, took = self._finished.get(live.name, (0.0, 0.0))
+            due = time.monotonic() >= when + max(self.REBUILD_MIN_S, self.REBUILD_EVERY * took)
+            if live.name not in self._building and due:
                 self._building.add(live.name)
-                self._pool.submit(self._background, live, snap)
+                threading.Thread(target=self._background, args=(live,), daemon=True,
+                                 name=f"study-serve-report-{live.name}").start()  # fmt: skip
         return done
 
-    def _background(self, live: Any, snap: Any) -> None:
+    def _background(self, live: Any) -> None:
         try:
-            self._build(live, snap)
+            self._build(live, live.snapshot())
         except Exception:  # noqa: BLE001 - the next request builds it again and shows the error
             pass
         finally:
@@ -157,15 +164,17 @@ class Reports:
                 self._building.discard(live.name)
 
     def _build(self, live: Any, snap: Any) -> tuple[str, dict, dict]:
+        t0 = time.monotonic()
         results = live.results()
         payload, tables = views.study_report(results, live.name)
         live.claims = tables.get("claims")
         entry = (snap.version, payload, tables)
         self._done[live.name] = entry
+        self._finished[live.name] = (time.monotonic(), time.monotonic() - t0)
         return entry
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pass
 
 
 def _json(payload: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -281,9 +290,13 @@ def create_app(storage: str | Path, *, token: str | None = None, loopback: bool 
             return Response(status_code=304, headers={"etag": etag, "cache-control": "no-cache"})
         cached = trials_cache.get(live.name)
         if cached is None or cached[0] != snap.version:
-            searched = [k for k in (live.spec().space if not snap.error else {}) if k in snap.trials.columns]
-            body = views.trials_json(snap.trials, searched, version=snap.version, error=snap.error, searched=searched)
-            cached = trials_cache[live.name] = (snap.version, body)
+            columns = list(dict.fromkeys(k for r in snap.rows for k in r))
+            searched = tuple(k for k in (live.spec().space if not snap.error else {}) if k in columns)
+            head = json.dumps({"version": snap.version, "error": snap.error, "searched": list(searched),
+                               "columns": columns})  # fmt: skip
+            with live.lock:
+                rows = ",".join(live.row_json(r["trial_id"], searched) for r in snap.rows)
+            cached = trials_cache[live.name] = (snap.version, f'{head[:-1]},"rows":[{rows}]}}'.encode())
         return Response(cached[1], media_type="application/json", headers={"etag": etag, "cache-control": "no-cache"})
 
     def trial_checkpoints(live: Any, trial_id: str) -> list[dict]:
@@ -353,7 +366,7 @@ def create_app(storage: str | Path, *, token: str | None = None, loopback: bool 
             try:
                 live = catalog.study(n)
                 snap = live.snapshot()
-                if snap.error or not len(snap.trials):
+                if snap.error or not snap.rows:
                     skipped.append(n)
                     continue
                 loaded.append((n, live.results()))

@@ -14,7 +14,6 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +66,10 @@ class Catalog:
         self._pulled: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pending: set[str] = set()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="study-serve-index")
 
     def close(self) -> None:
         import shutil
 
-        self._pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.work, ignore_errors=True)
 
     # -- names
@@ -144,7 +141,8 @@ class Catalog:
             with self._lock:
                 if name not in self._pending:
                     self._pending.add(name)
-                    self._pool.submit(self._recompute, name, live, state, key)
+                    threading.Thread(target=self._recompute, args=(name, live, state, key), daemon=True,
+                                     name=f"study-serve-index-{name}").start()  # fmt: skip
             return cached[1]
         row = self._compute_row(name, live, state)
         self._index[name] = (key, row)
@@ -173,7 +171,7 @@ class Catalog:
         row = _row(
             name, trainable=spec.trainable, data_source=spec.data.source, counts=counts, total=total,
             updated_ns=updated, metric=spec.metric, mode=spec.mode, best=best,
-            smoke=spec.name.endswith("-smoke") and spec.search.grid == "cover",
+            smoke=_smoke(spec),
             claims=_claim_counts(live), eta_s=_eta(mean_wall, counts, total),
         )  # fmt: skip
         return row
@@ -205,6 +203,15 @@ def _row(name: str, *, trainable: str = "", data_source: str = "", counts: dict 
         "smoke": smoke,
         "error": error,
     }
+
+
+def _smoke(spec: Any) -> bool:
+    """A ``--smoke`` run: as `study run` records it in the spec (``run.smoke``); a study recorded before
+    that record existed, by the name and grid `study.spec.smoke_spec` gives it."""
+    record = getattr(spec, "run", None)
+    if record is not None:
+        return bool(getattr(record, "smoke", False))
+    return spec.name.endswith("-smoke") and getattr(spec.search, "grid", "") == "cover"
 
 
 def _mtime(path: Path) -> int:

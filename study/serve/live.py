@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import threading
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,27 +177,37 @@ def _rows_of(path: Path) -> list[dict]:
 # one study
 
 
-@dataclass
 class Snapshot:
     """A study as its files are now.
 
     Args:
         version: changes whenever a file the study is read from changed.
-        trials: the trials table (`study.results.collect`'s, plus ``data_source``).
+        rows: the trials table's rows (`study.results.collect`'s), by trial id; `trials` is the table.
         counts: trials per status.
         total: trials the study will have (the spec's count, or more if the state has more).
         updated_ns: newest mtime of the state and result files.
         error: why the study cannot be read (then the tables are empty), None when it can.
-        notes: what was passed over (a corrupt newer state file).
+        notes: what was passed over (a trial directory leading out of the study).
     """
 
-    version: str
-    trials: pd.DataFrame
-    counts: dict[str, int]
-    total: int
-    updated_ns: int
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, version: str, rows: list[dict], counts: dict[str, int], total: int, updated_ns: int,
+                 error: str | None = None, notes: list[str] | None = None, columns: list[str] | None = None,
+                 previous: Snapshot | None = None) -> None:  # fmt: skip
+        self.version, self.rows, self.counts, self.total = version, rows, counts, total
+        self.updated_ns, self.error, self.notes = updated_ns, error, list(notes or [])
+        self._columns = columns or []
+        self._trials: pd.DataFrame | None = None
+        self._lock = threading.Lock()
+        if previous is not None and previous._trials is not None and previous.rows is rows:
+            self._trials = previous._trials  # nothing changed: the same table
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """The trials table (built on first use: a refresh that only counts never builds it)."""
+        with self._lock:
+            if self._trials is None:
+                self._trials = pd.DataFrame(self.rows) if self.rows else pd.DataFrame(columns=self._columns)
+            return self._trials
 
     @property
     def status(self) -> str:
@@ -235,10 +245,12 @@ class LiveStudy:
         self._pair: tuple[list[dict], Any] = ([], ())
         self._files: dict[str, ResultFile] = {}
         self._paths: dict[str, tuple[str, str]] = {}
+        self._row_json: dict[str, tuple[Any, str]] = {}
         self._rows: dict[str, tuple[Any, dict, TrialRows]] = {}
         self._snapshot: Snapshot | None = None
         self._entries: dict[str, dict] = {}
         self._state_thread: threading.Thread | None = None
+        self._state_parsed = (0.0, 0.0)  # (when, seconds it took) of the last parse of the state
         self._direction_of: Any = None
         self._direction_spec: Any = None
         self._results: tuple[str, Any] | None = None
@@ -287,7 +299,8 @@ class LiveStudy:
         if key != self._state_key:
             size = sum((k or (0, 0))[0] for _, k in key)
             if self._state_key is not None and size > BACKGROUND_STATE_BYTES:  # a large state: parsed beside, not in, a refresh
-                self._parse_in_background(files, backup, key)
+                if time.monotonic() >= self._state_parsed[0] + max(2.0, 3.0 * self._state_parsed[1]):
+                    self._parse_in_background(files, backup, key)
             else:
                 self._parse_state(files, backup, key)
         return self._pair  # the state and its key, together (a thread may swap them)
@@ -297,8 +310,10 @@ class LiveStudy:
         the newest readable file, packs expanded, directories out of the study marked)."""
         from study.results import trials_from_state
 
+        t0 = time.monotonic()
         self._pair = (trials_from_state(self.dir), key)
         self._state_key = key
+        self._state_parsed = (time.monotonic(), time.monotonic() - t0)
 
     def _parse_in_background(self, files: list[Path], backup: list[Path], key: Any) -> None:
         """Parse the state in a thread (one at a time); until it is done, snapshots use the last one."""
@@ -322,7 +337,7 @@ class LiveStudy:
             try:
                 snap = self._read()
             except Exception as e:  # noqa: BLE001 - a damaged study is shown as such, the rest works
-                snap = Snapshot(f"error:{one_line(e, 300)}", pd.DataFrame(), {}, 0, self._mtime(), one_line(e, 500))
+                snap = Snapshot(f"error:{one_line(e, 300)}", [], {}, 0, self._mtime(), one_line(e, 500))
             self._snapshot = snap
             return snap
 
@@ -382,23 +397,38 @@ class LiveStudy:
             self._rows.pop(gone, None)
             self._files.pop(gone, None)
             changed = True
-        rows.sort(key=lambda r: r["trial_id"])
         previous = self._snapshot
-        if not changed and previous is not None and not previous.error and len(previous.trials) == len(rows):
-            trials = previous.trials  # nothing changed: the same table
+        if not changed and previous is not None and not previous.error and len(previous.rows) == len(rows):
+            rows = previous.rows  # nothing changed: the same rows (and table)
         else:
-            trials = pd.DataFrame(rows) if rows else pd.DataFrame(
-                columns=["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
-            )
-        counts = {s: int(n) for s, n in trials["status"].value_counts().items()} if len(trials) else {}
+            rows.sort(key=lambda r: r["trial_id"])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
         counts = {s: counts[s] for s in STATUSES if s in counts} | {s: n for s, n in counts.items() if s not in STATUSES}
         version = f"{self._spec_key}|{read_key}|" + "|".join(
             f"{tid}:{self._rows[tid][0][3]}" for tid in sorted(seen)
         )
         digest = hashlib.blake2b(version.encode(), digest_size=10).hexdigest()
-        total = max(len(trials), spec.n_trials())
+        total = max(len(rows), spec.n_trials())
         notes = list(dict.fromkeys(t["meta"]["problem"] for t in entries if t["meta"].get("problem")))
-        return Snapshot(digest, trials, counts, total, newest or self._mtime(), None, notes[:20])
+        columns = ["trial_id", "status", *hp_cols, "seed", "params", "epochs_done", "wall_time_s", "error"]
+        return Snapshot(digest, rows, counts, total, newest or self._mtime(), None, notes[:20], columns, previous)
+
+    def row_json(self, trial_id: str, text_keys: tuple[str, ...]) -> str:
+        """A trial's row as JSON (non-finite numbers as null), with the figures' label text of each of
+        `text_keys` (``_text_<key>``); serialized once per change of the row."""
+        from analysis.plots import text
+
+        sig, row, _ = self._rows[trial_id]
+        cached = self._row_json.get(trial_id)
+        if cached is not None and cached[0] == (sig, text_keys):
+            return cached[1]
+        plain = {k: _plain_value(v) for k, v in row.items()}
+        plain |= {f"_text_{k}": text(row.get(k)) for k in text_keys}
+        out = json.dumps(plain, allow_nan=False, default=str)
+        self._row_json[trial_id] = ((sig, text_keys), out)
+        return out
 
     def _prime(self, fresh: list[dict]) -> None:
         """A first read of many result files: parsed by worker processes (`summarise_files`)."""
@@ -443,7 +473,7 @@ class LiveStudy:
             snap = self._snapshot or self.snapshot()
             if self._epochs and self._epochs[0] == snap.version:
                 return self._epochs[1]
-            ids = list(snap.trials["trial_id"]) if len(snap.trials) else []
+            ids = [r["trial_id"] for r in snap.rows]
             frame = _epochs_frame([(tid, self._rows[tid][2]) for tid in ids if tid in self._rows])
             self._epochs = (snap.version, frame)
             return frame
@@ -547,6 +577,15 @@ def _error_message(trial_dir: Path, meta: dict) -> str | None:
 
         return error_line(trial_dir / (meta.get("error_filename") or "error.txt"))
     return error_message(trial_dir, meta)
+
+
+def _plain_value(v: Any) -> Any:
+    """A table cell as JSON can hold it: numpy scalars as Python ones, NaN and infinities as None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _memo(fn: Any) -> Any:

@@ -257,6 +257,10 @@
     const notes = document.getElementById("notes");
     const lines = [...(s.error ? ["This study cannot be read: " + s.error] : []), ...(s.notes || [])];
     notes.replaceChildren(...lines.map(t => el("div", { cls: "banner " + (s.error ? "bad" : "warn"), text: t })));
+    if (s.error && !report) {
+      document.getElementById("report-header").replaceChildren(el("header", {}, [el("h1", { text: name }),
+        el("p", { cls: "desc", text: "Broken: the study cannot be read; the reason is below. The other studies work as usual." })]));
+    }
     document.title = name + " (" + s.trials_done + "/" + s.trials_total + ") · study serve";
   }
 
