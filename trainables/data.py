@@ -1,8 +1,5 @@
-"""The data sources, declared once (`DATA_SOURCES`), and the MNIST sources every family reads.
-
-`SOURCE_TABLE` lists every ``data.source`` a spec may name, with its number of classes and how it
-is obtained (bundled with the package, downloaded once, or read from the user's own copy). The
-families' ``sources`` and the spec checker's list of sources are taken from it.
+"""The MNIST sources every family reads; the table of all data sources (`SOURCE_TABLE`,
+`DATA_SOURCES`) is `trainables.sources`, re-exported here.
 
 Two MNIST sources, both returning the same in-memory `ImageSet` (uint8 tensors, never a DataLoader):
 
@@ -23,46 +20,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from core.errors import UserError
+from trainables.sources import DATA_SOURCES, MNIST_SOURCES, SOURCE_TABLE, DataSource  # noqa: F401 (re-exported)
 
-
-@dataclass(frozen=True)
-class DataSource:
-    """One ``data.source`` value.
-
-    Args:
-        name: the value a spec names.
-        classes: the number of classes (None: from ``data.classes_file``).
-        kind: ``bundled`` (shipped with the package), ``download`` (fetched once into
-            ``data.root``), ``folder`` (the user's own class-folder copy under ``data.root``).
-        doc: one line for the docs.
-    """
-
-    name: str
-    classes: int | None
-    kind: Literal["bundled", "download", "folder"]
-    doc: str
-
-
-SOURCE_TABLE: dict[str, DataSource] = {
-    s.name: s
-    for s in (
-        DataSource("mnist", 10, "download", "MNIST (torchvision), 60,000 + 10,000 grey 28 x 28 digits"),
-        DataSource("mnist-5k", 10, "bundled", "5,000 MNIST digits bundled with the package: offline stand-in"),
-        DataSource("cifar10", 10, "download", "CIFAR-10, 50,000 + 10,000 colour 32 x 32 images"),
-        DataSource("cifar100", 100, "download", "CIFAR-100 (fine labels), 50,000 + 10,000 colour 32 x 32 images"),
-        DataSource("svhn", 10, "download", "SVHN cropped digits, 73,257 + 26,032 colour 32 x 32 images"),
-        DataSource("imagenet", 1000, "folder", "ILSVRC-2012 from your copy: root/train/<class>/*, root/val/<class>/*"),
-        DataSource("imagenet-subset", None, "folder", "the classes of ILSVRC-2012 listed in data.classes_file"),
-    )
-}
-DATA_SOURCES: tuple[str, ...] = tuple(SOURCE_TABLE)  # every data.source value (the spec checker's list)
-MNIST_SOURCES: tuple[str, ...] = ("mnist", "mnist-5k")
 SOURCES = MNIST_SOURCES  # the sources `load_mnist` reads (older name)
 
 BUNDLED_MNIST = Path(__file__).parent / "assets" / "mnist_5k.npz"

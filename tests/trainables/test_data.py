@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +66,13 @@ def test_one_table_of_data_sources() -> None:
     assert data_mod.DATA_SOURCES == tuple(data_mod.SOURCE_TABLE) == IMAGE_SOURCES
     assert {s for f in REGISTRY.values() for s in f.sources or ()} <= set(data_mod.DATA_SOURCES)
     assert all(NUM_CLASSES[n] == s.classes for n, s in data_mod.SOURCE_TABLE.items() if s.classes is not None)
+
+
+def test_data_sources_import_without_torch() -> None:
+    """The spec checker reads `trainables.sources.DATA_SOURCES` without importing torch or a family."""
+    import subprocess
+    import sys
+
+    code = "import sys, trainables.sources as s; assert s.DATA_SOURCES; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
+    assert out.stdout.strip() == "False"
