@@ -111,6 +111,7 @@ def test_examples(cfg: Mapping[str, Any], source: str) -> int:
 def trial_groups(spec: Spec) -> list[Group]:
     """The study's trials grouped by what sets their cost, in grid order, with their packs."""
     from study.models import model_keys
+    from study.run.shapes import pack_size
     from trainables import get_family
     from trainables.common import resolve_config
 
@@ -140,7 +141,8 @@ def trial_groups(spec: Spec) -> list[Group]:
         g.trials = n
         # packs group a config's trials with those of every other member-key value (lr, seed): the
         # group (model, batch size) is the pack's shared part
-        g.units = [min(spec.pack, n - i) for i in range(0, n, spec.pack)] if spec.pack > 1 else [1] * n
+        size = pack_size(spec, g.config) if spec.pack != 1 else 1
+        g.units = [min(size, n - i) for i in range(0, n, size)]
     return list(groups.values())
 
 

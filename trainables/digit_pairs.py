@@ -488,7 +488,25 @@ def pack_support() -> Any:
         eval_stats=_pack_eval_stats,
         eval_metrics=_pack_eval_metrics,
         eval_batch_size=EVAL_BATCH_SIZE,
+        auto_members=auto_pack_members,
     )
+
+
+# `pack: auto` on CPUs: packs win at small batches, where a step is launch and Python overhead
+# (1.6-1.8x less compute per member at batch 25), and save Tune's per-trial cost (about 2.4 s of a
+# trial's start and result handling, under load); at batch 200, where one net already keeps a core
+# busy, packed compute loses about as much as that saves, or more (benchmarks/results/grid_levers.json,
+# mfu.json: 2 cores, 1 thread per trial)
+AUTO_PACK_MAX_BATCH = 100  # largest batch size packed on CPUs
+AUTO_PACK_MEMBERS = 50  # members per pack when packed (the grid's 5 lr x 10 seeds of one net x batch size)
+
+
+def auto_pack_members(shared: dict[str, Any], on_gpu: bool) -> int:
+    """Members per pack for ``pack: auto``: a whole group on a GPU (one small net uses a few percent
+    of it) or at small batch sizes on CPUs; 1 (no packing) where packing does not win."""
+    if on_gpu or int(shared.get("batch_size", 0)) <= AUTO_PACK_MAX_BATCH:
+        return AUTO_PACK_MEMBERS
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class PackSupport:
     - ``loss(out, batch, cfg)``: the training loss of one batch (``batch``: the tensors after input).
     - ``train_stats(out, batch, cfg)`` / ``eval_stats``: sums over one batch (dict of 0-d tensors).
     - ``train_metrics(loss_sum, n_batches, sums, seen)`` / ``eval_metrics(sums, n)``: the metrics.
+    - ``auto_members(shared_config, on_gpu)`` (optional): the pack size ``pack: auto`` takes.
     """
 
     tensors: Callable[[Any, str], tuple[torch.Tensor, ...]]
@@ -74,6 +75,8 @@ class PackSupport:
     eval_stats: Callable[[Any, tuple, dict], dict[str, torch.Tensor]]
     eval_metrics: Callable[[dict[str, float], int], dict[str, float]]
     eval_batch_size: int = 1000
+    # ``pack: auto``: members per pack for a config (its shared keys) on a GPU or not; 1 = no packing
+    auto_members: Callable[[dict, bool], int] | None = None
 
 
 def support(family: Family) -> PackSupport | None:

@@ -32,9 +32,23 @@ TRIAL_MEMORY = int(float(os.environ.get("STUDY_TRIAL_MEMORY_MB", "1024")) * 2**2
 MEMBER_KEYS = ("seed", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")  # as trainables.packing
 
 
+def pack_size(spec: Spec, shared: dict[str, Any]) -> int:
+    """Members per pack of a group: ``spec.pack``, or with ``pack: auto`` the family's choice for the
+    group's shared config (on a GPU when the spec asks for one); 1 when the family makes none."""
+    if spec.pack != "auto":
+        return int(spec.pack)
+    from trainables import get_family
+    from trainables.packing import support
+
+    sup = support(get_family(spec.trainable))
+    if sup is None or sup.auto_members is None:
+        return 1
+    return max(1, int(sup.auto_members(shared, spec.resources.gpu > 0)))
+
+
 def pack_param_space(spec: Spec, threads: int) -> dict[str, Any]:
     """``{"__pack__": grid_search(packs)}``: the grid's trials (grid order, seeds last) grouped by
-    their non-member keys, in packs of at most ``spec.pack``."""
+    their non-member keys, in packs of at most `pack_size` members."""
     from ray import tune
 
     base = {**spec.base_config(), "threads": threads}
@@ -48,9 +62,10 @@ def pack_param_space(spec: Spec, threads: int) -> dict[str, Any]:
         groups.setdefault(key, (shared, []))[1].append(member)
     packs = []
     for shared, members in groups.values():
-        for i in range(0, len(members), spec.pack):
+        size = pack_size(spec, shared)
+        for i in range(0, len(members), size):
             packs.append(
-                {"shared": shared, "members": members[i : i + spec.pack], "metric": spec.metric, "mode": spec.mode}
+                {"shared": shared, "members": members[i : i + size], "metric": spec.metric, "mode": spec.mode}
             )
     return {"__pack__": tune.grid_search(packs)}
 
@@ -82,7 +97,7 @@ def shaped_trainable(spec: Spec, data: Any, seeds: list[int] | None) -> Any:
         # the driver only waits: no CPU (Tune needs a non-empty request: 1 MiB of Ray's memory resource),
         # so the workers get every core, e.g. 2 workers x 1 CPU on a 2-core machine
         return tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
-    if spec.pack > 1:
+    if spec.pack != 1:
         fn = tune.with_parameters(pack_entry, data=data, family_name=spec.trainable)
         return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     return None

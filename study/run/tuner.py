@@ -104,7 +104,7 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any) -
 
     param_space = to_param_space(spec, with_seeds=not use_repeater)
     param_space.setdefault("threads", max(1, int(math.floor(spec.resources.cpu))))
-    if spec.pack > 1:  # one Tune trial per pack of members
+    if spec.pack != 1:  # one Tune trial per pack of members
         param_space = shapes.pack_param_space(spec, param_space["threads"])
     num_samples = spec.search.num_samples
     search_alg = None

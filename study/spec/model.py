@@ -196,7 +196,9 @@ class Spec(_Strict):
     search: Search = Search()
     scheduler: Scheduler = Scheduler()
     max_failures: int = Field(default=3, ge=0)  # retries of a crashed trial (from its last checkpoint)
-    pack: int = Field(default=1, ge=1)  # trials trained together as one vectorised model (study.run.shapes)
+    # trials trained together as one vectorised model (study.run.shapes); auto: the family's choice per
+    # group (trainables.packing.PackSupport.auto_members)
+    pack: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     paper: Paper = Paper()
     run: RunRecord | None = None  # written by `study run` into the study's spec.yaml (a file's own is replaced)
     # experiment trackers (study.trackers): which ones, and each one's settings under its name

@@ -17,7 +17,7 @@ from study.spec import load_spec
 REPO = Path(__file__).parents[2]
 GRID = REPO / "search_spaces" / "digit_pairs_grid.yaml"
 MNIST = ["data.source=mnist-5k"]
-SUBSET = [*MNIST, "paper.results=[]", "paper.claims=[]"]  # a reduced grid: the paper's rows name other nets
+SUBSET = [*MNIST, "paper.results=[]", "paper.claims=[]", "pack=1"]  # a reduced grid: the paper's rows name other nets
 
 
 def test_epoch_sizes_follow_the_config_then_the_source() -> None:
@@ -30,12 +30,14 @@ def test_epoch_sizes_follow_the_config_then_the_source() -> None:
 
 
 def test_grid_groups_are_net_by_batch_size_and_packs_split_them() -> None:
-    groups = cost.trial_groups(load_spec(GRID, MNIST))
+    groups = cost.trial_groups(load_spec(GRID, [*MNIST, "pack=1"]))
     assert len(groups) == 16 and all(g.trials == 50 for g in groups)  # 4 nets x 4 batch sizes, 5 lr x 10 seeds
     assert groups[0].shown == {"arch": "FconnNet", "batch_size": 25}
     assert all(g.units == [1] * 50 for g in groups)
     packed = cost.trial_groups(load_spec(GRID, [*MNIST, "pack=32"]))
     assert all(g.units == [32, 18] for g in packed)  # a pack spans learning rates and seeds
+    auto = cost.trial_groups(load_spec(GRID, MNIST))  # as shipped: pack auto
+    assert [g.units for g in auto[:4]] == [[50], [50], [50], [1] * 50]  # batch 25-100 packed, 200 not
 
 
 def test_slots_and_makespan() -> None:
