@@ -208,14 +208,17 @@ def time_step(
     # time on the machine as it is now, other processes' load included (`estimate` records the load)
     block = 5 if device.type == "cuda" else 1
     times: list[float] = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     while len(times) * block < max_steps and (not times or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         for _ in range(block):
             step()
         sync()
         times.append((time.perf_counter() - t0) / block)
-    return {"step_s": statistics.fmean(times), "steps": len(times) * block, "flops": flops}
+    # the share of its cores the process got (CPU seconds per wall second per thread): < 1 under load
+    share = (time.process_time() - cpu0) / max(time.perf_counter() - start, 1e-9) / torch.get_num_threads()
+    return {"step_s": statistics.fmean(times), "steps": len(times) * block, "flops": flops,
+            "cpu_share": min(1.0, share) if device.type == "cpu" else None}  # fmt: skip
 
 
 def _single_step(family: Any, cfg: Mapping[str, Any], device: torch.device) -> Any:
@@ -356,7 +359,7 @@ def estimate(
     groups = trial_groups(spec)
     shaping = model_keys(spec)
     n_slots = slots(spec, cpus, gpus if table is not None else None)
-    estimates, jobs = [], []
+    estimates, jobs, shares = [], [], []
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -370,21 +373,24 @@ def estimate(
                 flops = 3 * fwd * int(cfg["batch_size"]) * members if fwd else None
                 step_s, source = gpu_step(table, spec.trainable, model, cfg, flops, members)
             else:
-                step_s = time_step(spec.trainable, cfg, "cpu", members=members)["step_s"]
-                source = f"calibrated here (cpu, {threads} thread{'s' if threads > 1 else ''})"
-            epochs = int(cfg["epochs"])
-            unit_s = None
-            if step_s is not None and steps:
-                n_test = test_examples(cfg, spec.data.source)
-                eval_s = n_test / int(cfg["batch_size"]) * step_s * EVAL_FRACTION
-                unit_s = TRIAL_START_S + epochs * (steps * step_s + eval_s + EPOCH_S)
-            per_trial = unit_s / members if unit_s is not None else None
-            estimates.append(Estimate(g.shown, g.trials, epochs, steps, step_s, per_trial, source))
-            jobs += [(unit_s * m / members if unit_s is not None else None) for m in g.units]
+                timed = time_step(spec.trainable, cfg, "cpu", members=members)
+                step_s, source = timed["step_s"], f"calibrated here (cpu, {threads} thread{'s' if threads > 1 else ''})"
+                shares.append(timed["cpu_share"])
+            estimates.append(Estimate(g.shown, g.trials, int(cfg["epochs"]), steps, step_s, None, source))
     finally:
         torch.set_num_threads(previous)
+    # the fixed overheads were measured on an idle machine: slowed as much as the calibration was
+    slowdown = min(20.0, 1 / max(0.05, statistics.fmean(shares))) if shares else 1.0
+    for g, e in zip(groups, estimates):
+        members = max(g.units) if g.units else 1
+        unit_s = None
+        if e.step_s is not None and e.steps_per_epoch:
+            eval_s = test_examples(g.config, spec.data.source) / int(g.config["batch_size"]) * e.step_s * EVAL_FRACTION
+            unit_s = TRIAL_START_S * slowdown + e.epochs * (e.steps_per_epoch * e.step_s + eval_s + EPOCH_S * slowdown)
+        e.trial_s = unit_s / members if unit_s is not None else None
+        jobs += [(unit_s * m / members if unit_s is not None else None) for m in g.units]
     known = [j for j in jobs if j is not None]
-    study_s = STUDY_START_S + makespan(known, n_slots) if len(known) == len(jobs) and jobs else None
+    study_s = STUDY_START_S * slowdown + makespan(known, n_slots) if len(known) == len(jobs) and jobs else None
     where = f"{gpus:g} x {table['device']}" if table is not None else f"this machine ({cpus:g} CPUs)"
     return {
         "study": spec.name,
@@ -397,12 +403,14 @@ def estimate(
         "groups": [asdict(e) for e in estimates],
         "study_s": study_s,
         "load_avg_1m": round(os.getloadavg()[0], 1),  # the calibration's conditions
+        "slowdown": round(slowdown, 2),  # 1 / the share of a core the calibration got (1: an idle machine)
     }
 
 
 def format_estimate(est: Mapping[str, Any]) -> list[str]:
     """One line per group and a total."""
-    load = f", calibrated at load average {est['load_avg_1m']:g}" if "calibrated here" in str(est["groups"]) else ""
+    here = "calibrated here" in str(est["groups"])
+    load = f", calibrated at load average {est['load_avg_1m']:g} (x{est['slowdown']:g} slower than idle)" if here else ""
     lines = [f"  cost on {est['where']}: {est['slots']} at once, pack {est['pack']}{load}"]
     for g in est["groups"]:
         shown = ", ".join(f"{k}={v}" for k, v in g["model"].items())

@@ -51,7 +51,7 @@ def test_slots_and_makespan() -> None:
 
 
 def test_estimate_adds_steps_evaluation_and_overheads(monkeypatch) -> None:
-    monkeypatch.setattr(cost, "time_step", lambda *a, **k: {"step_s": 0.01, "steps": 1, "flops": None})
+    monkeypatch.setattr(cost, "time_step", lambda *a, **k: {"step_s": 0.01, "steps": 1, "flops": None, "cpu_share": 1.0})
     spec = load_spec(GRID, [*SUBSET, "space.arch.grid=[ConvNet]", "space.batch_size.grid=[50]", "repeats=2"])
     est = cost.estimate(spec, cpus=2)
     (g,) = est["groups"]
