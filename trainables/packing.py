@@ -51,8 +51,7 @@ from trainables.common import (
     resolve_config,
     resolve_device,
 )
-
-MEMBER_KEYS = ("seed", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")
+from trainables.keys import MEMBER_KEYS  # noqa: F401 (the keys members differ in; re-exported)
 
 
 @dataclass(frozen=True)

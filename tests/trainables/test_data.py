@@ -68,11 +68,15 @@ def test_one_table_of_data_sources() -> None:
     assert all(NUM_CLASSES[n] == s.classes for n, s in data_mod.SOURCE_TABLE.items() if s.classes is not None)
 
 
-def test_data_sources_import_without_torch() -> None:
-    """The spec checker reads `trainables.sources.DATA_SOURCES` without importing torch or a family."""
+def test_data_sources_and_member_keys_import_without_torch() -> None:
+    """The spec checker and the pack grouping read `trainables.sources.DATA_SOURCES` and
+    `trainables.keys.MEMBER_KEYS` without importing torch or a family."""
     import subprocess
     import sys
 
-    code = "import sys, trainables.sources as s; assert s.DATA_SOURCES; print('torch' in sys.modules)"
+    code = (
+        "import sys, trainables.sources as s, trainables.keys as k; "
+        "assert s.DATA_SOURCES and 'seed' in k.MEMBER_KEYS; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "False"
