@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import UserError, short
-from core.layout import SPEC_FILE, SPEC_SOURCE_FILE
+from core.layout import EXPERIMENT_STATE_GLOB, FACTS_FILE, RESULTS_DIR, SPEC_FILE, SPEC_SOURCE_FILE, TUNER_FILE
 from study.spec.checks import check_configs, check_keys, check_limits, check_paper, check_shape
 from study.spec.model import Spec
 from study.spec.overrides import apply_overrides
@@ -72,13 +72,22 @@ def parse_spec(
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override (``--set``) and validate a spec file. A study's recorded ``spec.yaml`` (beside
-    its ``spec_file.txt``) is read as what the study ran (`parse_spec`'s `recorded`): an older
-    study still reads and reports, its paper references not checked again."""
+    """Read, override (``--set``) and validate a spec file. A study's recorded ``spec.yaml``
+    (`is_recorded`) is read as what the study ran (`parse_spec`'s `recorded`): an older study still
+    reads and reports, its paper references not checked again."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
-    recorded = path.name == SPEC_FILE and (path.parent / SPEC_SOURCE_FILE).is_file()
+    recorded = is_recorded(path)
     return parse_spec(raw, path, references=not recorded, recorded=recorded)
+
+
+def is_recorded(path: Path) -> bool:
+    """True for a study's own ``spec.yaml``: beside the files a study directory holds."""
+    d = Path(path).parent
+    if Path(path).name != SPEC_FILE:
+        return False
+    marks = (SPEC_SOURCE_FILE, FACTS_FILE, TUNER_FILE, RESULTS_DIR)
+    return any((d / m).exists() for m in marks) or any(d.glob(EXPERIMENT_STATE_GLOB))
 
 
 # left out while unset: older studies' spec.yaml match
