@@ -493,11 +493,12 @@ def pack_support() -> Any:
 
 
 # `pack: auto` on CPUs: packs win at small batches, where a step is launch and Python overhead
-# (1.6-1.8x less compute per member at batch 25), and save Tune's per-trial cost (about 2.4 s of a
-# trial's start and result handling, under load); at batch 200, where one net already keeps a core
-# busy, packed compute loses about as much as that saves, or more (benchmarks/results/grid_levers.json,
-# mfu.json: 2 cores, 1 thread per trial)
-AUTO_PACK_MAX_BATCH = 100  # largest batch size packed on CPUs
+# (1.6-1.8x less compute per member at batch 25), and every pack saves Tune's per-trial cost (its
+# start and result handling: 2.4 s per trial under load, about 2.7 CPU-seconds idle) for all but
+# one member; at batch 200, where one net keeps a core busy, packed compute costs about 20% more,
+# about 0.4 s per member: less than the trial cost saved (benchmarks/results/grid_levers.json,
+# mfu.json: 2 cores, 1 thread per trial). Larger batches were not measured: not packed.
+AUTO_PACK_MAX_BATCH = 200  # largest batch size packed on CPUs
 AUTO_PACK_MEMBERS = 50  # members per pack when packed (the grid's 5 lr x 10 seeds of one net x batch size)
 
 

@@ -37,7 +37,7 @@ def test_grid_groups_are_net_by_batch_size_and_packs_split_them() -> None:
     packed = cost.trial_groups(load_spec(GRID, [*MNIST, "pack=32"]))
     assert all(g.units == [32, 18] for g in packed)  # a pack spans learning rates and seeds
     auto = cost.trial_groups(load_spec(GRID, MNIST))  # as shipped: pack auto
-    assert [g.units for g in auto[:4]] == [[50], [50], [50], [1] * 50]  # batch 25-100 packed, 200 not
+    assert [g.units for g in auto[:4]] == [[50], [50], [50], [50]]  # one pack per net x batch size
 
 
 def test_slots_and_makespan() -> None:

@@ -20,9 +20,9 @@ def test_auto_packs_small_batches_on_cpus_and_everything_on_a_gpu() -> None:
     spec = load_spec(GRID, [*MNIST, "pack=auto"])
     assert spec.pack == "auto"
     assert pack_size(spec, {"batch_size": AUTO_PACK_MAX_BATCH}) == AUTO_PACK_MEMBERS
-    assert pack_size(spec, {"batch_size": 200}) == 1
+    assert pack_size(spec, {"batch_size": AUTO_PACK_MAX_BATCH + 1}) == 1  # not measured: not packed
     gpu = load_spec(GRID, [*MNIST, "pack=auto", "resources.gpu=1"])
-    assert pack_size(gpu, {"batch_size": 200}) == AUTO_PACK_MEMBERS
+    assert pack_size(gpu, {"batch_size": 1000}) == AUTO_PACK_MEMBERS
     assert pack_size(load_spec(GRID, [*MNIST, "pack=7"]), {"batch_size": 200}) == 7
 
 
@@ -32,8 +32,10 @@ def test_auto_packs_hold_exactly_the_grids_trials() -> None:
     sizes: dict[int, list[int]] = {}
     for p in packs:
         sizes.setdefault(p["shared"]["batch_size"], []).append(len(p["members"]))
-    assert sizes[25] == sizes[50] == sizes[100] == [50] * 4  # one pack per net: 5 lr x 10 seeds
-    assert sizes[200] == [1] * 200  # every trial on its own
+    assert all(sizes[b] == [50] * 4 for b in (25, 50, 100, 200))  # one pack per net: 5 lr x 10 seeds
+    big = load_spec(GRID, [*MNIST, "pack=auto", "space.batch_size.grid=[25, 250]", "paper.results=[]", "paper.claims=[]"])
+    sizes = [len(p["members"]) for p in pack_param_space(big, threads=1)["__pack__"]["grid_search"]]
+    assert sorted(sizes, reverse=True) == [50] * 4 + [1] * 200  # batch 250: every trial on its own
     members = [(p["shared"]["arch"], p["shared"]["batch_size"], m["lr"], m["seed"]) for p in packs for m in p["members"]]
     assert len(members) == len(set(members)) == spec.n_trials() == 800
 
