@@ -8,7 +8,7 @@ Cases (``--cases`` picks some):
 
 - ``quickstart``: ``search_spaces/quickstart.yaml`` as shipped (12 trials x 25 epochs);
 - ``grid``: ``digit_pairs_grid.yaml`` reduced to one net (Siamese) x 2 batch sizes x 5 lr x 2 seeds,
-  5 epochs (20 trials); ``grid_pack10``: the same with ``pack=10`` (2 packs);
+  5 epochs (20 trials), pack 1; ``grid_pack10``: the same with ``pack=10`` (2 packs);
 - ``ssm_smoke``: ``ssm_cifar.yaml --smoke`` on the bundled sample (an image family).
 
 The machine is shared: the load average before and after each run is recorded with it.
@@ -39,7 +39,7 @@ GRID_SUBSET = ["data.source=mnist-5k", "space.arch.grid=[Siamese]", "space.batch
                "fixed.epochs=5", "paper.results=[]", "paper.claims=[]"]  # fmt: skip (the paper's rows name other nets)
 CASES = {  # name -> (spec, overrides, smoke)
     "quickstart": ("quickstart.yaml", [], False),
-    "grid": ("digit_pairs_grid.yaml", GRID_SUBSET, False),
+    "grid": ("digit_pairs_grid.yaml", [*GRID_SUBSET, "pack=1"], False),
     "grid_pack10": ("digit_pairs_grid.yaml", [*GRID_SUBSET, "pack=10"], False),
     "ssm_smoke": ("ssm_cifar.yaml", ["data.source=mnist-5k"], True),
 }
@@ -80,6 +80,7 @@ def measure(name: str, storage: Path) -> dict:
 
 
 CPU_SHAPES = (  # label, overrides
+    ("pack auto (as shipped)", ["pack=auto", "resources.cpu=1"]),
     ("pack 1, 1 CPU per trial", ["pack=1", "resources.cpu=1"]),
     ("pack 1, 2 CPUs per trial", ["pack=1", "resources.cpu=2"]),
     ("pack 10", ["pack=10", "resources.cpu=1"]),
