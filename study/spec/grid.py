@@ -161,20 +161,29 @@ def inert_in(spec: Spec, point: Mapping[str, Any]) -> frozenset[str]:
     """The grid axes without effect at `point` whatever the sampled keys draw (the family's
     ``inert_keys`` of the point's config, for every sampled value); empty for an unknown family or
     a config the family cannot read (the checks report those)."""
+    return _inert_rule(spec)(point)
+
+
+def _inert_rule(spec: Spec) -> Any:
+    """`inert_in` for `spec`, with the family, base config and sampled values looked up once."""
     from trainables import REGISTRY
 
     family = REGISTRY.get(spec.trainable)
-    if family is None:
-        return frozenset()
-    base = spec.base_config()
-    inert: frozenset[str] | None = None
-    for variant in _sampled_variants(spec):
-        try:
-            keys = frozenset(family.inert_keys({**base, **variant, **point}))
-        except Exception:  # noqa: BLE001 - a bad value: check_configs names it; nothing is collapsed
+    base, variants = spec.base_config(), _sampled_variants(spec)
+
+    def rule(point: Mapping[str, Any]) -> frozenset[str]:
+        if family is None:
             return frozenset()
-        inert = keys if inert is None else inert & keys
-    return frozenset(k for k in inert or () if k in point)
+        inert: frozenset[str] | None = None
+        for variant in variants:
+            try:
+                keys = frozenset(family.inert_keys({**base, **variant, **point}))
+            except Exception:  # noqa: BLE001 - a bad value: check_configs names it; nothing is collapsed
+                return frozenset()
+            inert = keys if inert is None else inert & keys
+        return frozenset(k for k in inert or () if k in point)
+
+    return rule
 
 
 def _collapse(spec: Spec, plan: GridPlan) -> GridPlan:
@@ -187,13 +196,14 @@ def _collapse(spec: Spec, plan: GridPlan) -> GridPlan:
     axes = {k: list(d.grid) for k, d in spec.space.items() if isinstance(d, Grid)}
     rep = {k: defaults[k] if k in defaults and _has([{k: x} for x in v], {k: defaults[k]}) else v[0]
            for k, v in axes.items()}  # fmt: skip
+    inert_of = _inert_rule(spec)
     kept: list[dict[str, Any]] = []
     seen: set[Any] = set()
     dropped: list[tuple[dict[str, Any], set[str]]] = []
     for point in plan.points:
-        inert = inert_in(spec, point)
+        inert = inert_of(point)
         canon = {k: rep[k] if k in inert else v for k, v in point.items()}
-        if canon != point and inert_in(spec, canon) != inert:  # the stand-in is another experiment
+        if canon != point and inert_of(canon) != inert:  # the stand-in is another experiment
             canon = point
         key = _equality_key(canon)
         if key in seen:
