@@ -3,9 +3,10 @@
 
 A name from a URL is used only if it is a study the storage lists (a directory with a
 ``spec.yaml``) whose resolved path lies inside the storage: ``..``, slashes, and symlinks that
-lead out of the storage are refused. The index is read from Tune's saved state only (the counts
-of `study status`, by `study.results.study_counts`), never from the result files, and computed
-again for a study only when its spec, state or directory changed.
+lead out of the storage are refused. An index row comes from the study's live snapshot (`LiveStudy`:
+the counts of trials.parquet and `study status`, result files read incrementally), computed again
+only when its spec, state, directory or files changed; a row known before is refreshed in a
+background thread while the last one is shown.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class Catalog:
         state = sorted(d.glob(EXPERIMENT_STATE_GLOB))
         claims_file = results_dir(d) / "claims.parquet"
         key = (file_key(d / SPEC_FILE), tuple((p.name, file_key(p)) for p in state), _mtime(d), file_key(claims_file),
-               id(live.claims))  # fmt: skip
+               id(live.claims), live.last_version())  # fmt: skip
         cached = self._index.get(name)
         if cached and cached[0] == key:
             return cached[1]
@@ -156,25 +157,26 @@ class Catalog:
                 self._pending.discard(name)
 
     def _compute_row(self, name: str, live: LiveStudy, state: list[Path]) -> dict[str, Any]:
-        from study.results import study_counts
-
+        """The row from the study's live snapshot: its counts are those of trials.parquet and of
+        `study status` (one rule, `study.results.trials.reported_status`), read incrementally."""
         try:
             spec = live.spec()
-            counts = study_counts(live.dir)
+            snap = live.snapshot()
         except Exception as e:  # noqa: BLE001 - a broken study is marked on its row, the others as usual
+            snap = None
+            error: str | None = one_line(e, 300)
+        else:
+            error = snap.error
+        if error:
             raw = live.raw_spec()
-            return _row(name, trainable=str(raw.get("trainable") or ""), error=one_line(e, 300),
-                        updated_ns=_mtime(live.dir))  # fmt: skip
-        total = max(sum(counts.values()), spec.n_trials())
-        best, mean_wall = _from_state(live, spec)
-        updated = max([*[(file_key(p) or (0, 0))[1] for p in state], _mtime(live.dir)])
-        row = _row(
-            name, trainable=spec.trainable, data_source=spec.data.source, counts=counts, total=total,
-            updated_ns=updated, metric=spec.metric, mode=spec.mode, best=best,
-            smoke=_smoke(spec),
-            claims=_claim_counts(live), eta_s=_eta(mean_wall, counts, total),
+            return _row(name, trainable=str(raw.get("trainable") or ""), error=error, updated_ns=_mtime(live.dir))
+        best, mean_wall = _from_rows(snap.rows, spec)
+        updated = max([snap.updated_ns, *[(file_key(p) or (0, 0))[1] for p in state], _mtime(live.dir)])
+        return _row(
+            name, trainable=spec.trainable, data_source=spec.data.source, counts=snap.counts, total=snap.total,
+            updated_ns=updated, metric=spec.metric, mode=spec.mode, best=best, smoke=_smoke(spec),
+            claims=_claim_counts(live), eta_s=_eta(mean_wall, snap.counts, snap.total),
         )  # fmt: skip
-        return row
 
 
 def _row(name: str, *, trainable: str = "", data_source: str = "", counts: dict | None = None, total: int = 0,
@@ -221,24 +223,19 @@ def _mtime(path: Path) -> int:
         return 0
 
 
-def _from_state(live: LiveStudy, spec: Any) -> tuple[float | None, float | None]:
-    """(best value of the study's metric so far, mean wall time of a finished trial) over the
-    trials' last results in the saved state (no result file read)."""
+def _from_rows(rows: list[dict], spec: Any) -> tuple[float | None, float | None]:
+    """(best final value of the study's metric over its finished trials, their mean wall time)."""
     import math
 
-    try:
-        entries = live._trials_state()
-    except Exception:  # noqa: BLE001 - the counts already said why
-        return None, None
+    col = f"final_{spec.metric}"
     values, walls = [], []
-    for t in entries:
-        if t["status"] != "TERMINATED":
+    for r in rows:
+        if r["status"] != "TERMINATED":
             continue
-        last = t["meta"].get("last_result") or {}
-        v, w = last.get(spec.metric), last.get("time_total_s")
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        v, w = r.get(col), r.get("wall_time_s")
+        if isinstance(v, (int, float)) and math.isfinite(v):
             values.append(float(v))
-        if isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w):
+        if isinstance(w, (int, float)) and math.isfinite(w):
             walls.append(float(w))
     best = (max(values) if spec.mode == "max" else min(values)) if values else None
     return best, (sum(walls) / len(walls) if walls else None)

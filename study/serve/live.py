@@ -109,6 +109,28 @@ def extend(base: TrialRows, rows: list[dict]) -> TrialRows | None:
     )
 
 
+_WORKER: Any = None
+_WORKER_LOCK = threading.Lock()
+
+
+def state_worker() -> Any:
+    """One spawned worker process for parsing large experiment states (created on first use)."""
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _WORKER = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return _WORKER
+
+
+def _trials_from_state(study_dir: str) -> list[dict]:
+    from study.results import trials_from_state
+
+    return trials_from_state(Path(study_dir))
+
+
 class ResultFile:
     """A trial's ``result.json``, read incrementally. `read` returns its `TrialRows`."""
 
@@ -316,15 +338,25 @@ class LiveStudy:
         self._state_parsed = (time.monotonic(), time.monotonic() - t0)
 
     def _parse_in_background(self, files: list[Path], backup: list[Path], key: Any) -> None:
-        """Parse the state in a thread (one at a time); until it is done, snapshots use the last one."""
+        """Parse the state beside the requests (one parse at a time; until it is done, snapshots use
+        the last one): in a worker process, so that parsing a state of many megabytes (one long
+        `json.loads`, holding the interpreter lock) never stalls a request."""
         if self._state_thread is not None and self._state_thread.is_alive():
             return
 
         def run() -> None:
+            t0 = time.monotonic()
             try:
-                self._parse_state(files, backup, key)
-            except Exception:  # noqa: BLE001 - the next synchronous read reports it
-                self._state_key = None
+                trials = state_worker().submit(_trials_from_state, str(self.dir)).result()
+            except Exception:  # noqa: BLE001 - no worker, or the file is bad: read here, by the same rules
+                try:
+                    self._parse_state(files, backup, key)
+                except Exception:  # noqa: BLE001 - the next synchronous read reports it
+                    self._state_key = None
+                return
+            self._pair = (trials, key)
+            self._state_key = key
+            self._state_parsed = (time.monotonic(), time.monotonic() - t0)
 
         self._state_thread = threading.Thread(target=run, name=f"study-serve-state-{self.name}", daemon=True)
         self._state_thread.start()
@@ -451,6 +483,10 @@ class LiveStudy:
                 if complete:  # else read again, by the rules of a file being written
                     rf.key, rf.offset, rf.head, rf.done, rf.view, rf.reads = key, key[0], head, rows, rows, key[0]
                     self._files[t["trial_id"]] = rf
+
+    def last_version(self) -> str | None:
+        """The version of the last snapshot taken (None before the first)."""
+        return self._snapshot.version if self._snapshot is not None else None
 
     def config(self, trial_id: str) -> dict[str, Any]:
         """A trial's config as the saved state records it ({} when unknown)."""
