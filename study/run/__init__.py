@@ -8,7 +8,8 @@
 - `study.run.resume`: the recorded spec, complete studies, state repair, checkpoint pruning;
 - `study.run.stop`: `StopRequest` (SIGTERM, a full disk, a failed restore) and `Terminated`;
 - `study.run.cluster`: local Ray or a cluster, checked in seconds;
-- `study.run.disk`: the free-space rules.
+- `study.run.disk`: the free-space rules;
+- `study.run.reaper`: the watcher that ends a run's local Ray processes with it (also after kill -9).
 
 ``study.runner`` re-exports the names it has always had.
 """

@@ -1,4 +1,5 @@
-"""The Ray a study runs on: local Ray by default, or a cluster (``--address``), checked in seconds."""
+"""The Ray a study runs on: local Ray by default (ending with the run: `study.run.reaper`), or a
+cluster (``--address``), checked in seconds."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def init_ray(address: str | None) -> None:
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        from study.run import reaper
+
+        reaper.start()  # its Ray processes and trial workers end with this process, also after kill -9
         return
     try:
         ray.init(address=address, **quiet)

@@ -788,3 +788,36 @@ def test_study_run_with_more_workers_than_cpus_is_one_line_not_a_hang(tmp_path: 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"{workers} workers x cpu=1 need CPU={workers}" in proc.stderr
     assert "done," not in proc.stdout and time.time() - t0 < 120  # no progress lines: nothing started
+
+
+@pytest.mark.fault
+def test_ray_processes_and_trial_workers_end_with_a_killed_run(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+
+    from study.run.reaper import _stat, descendants
+    from tests.conftest import REPO, study_cmd
+
+    spec = write_spec(tmp_path / "k.yaml", name="k", repeats=2, fixed={"epochs": 30, "batch_size": 50, "lr": 0.01})
+    log = tmp_path / "out.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen(study_cmd("run", str(spec), "--storage", str(tmp_path / "studies")), cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not re.search(r" [12] running", log.read_text()):
+            time.sleep(1)
+        time.sleep(3)  # the watcher has seen the trial workers
+        tree = descendants(proc.pid)
+        assert any(b"ImplicitFunc" in Path(f"/proc/{p}/cmdline").read_bytes() for p in tree if _stat(p)), log.read_text()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    t0 = time.time()
+    while time.time() - t0 < 30 and [p for p, s in tree.items() if (_stat(p) or (0, None))[1] == s]:
+        time.sleep(0.5)
+    left = [p for p, s in tree.items() if (_stat(p) or (0, None))[1] == s]
+    for p in left:  # leave nothing behind, whatever the outcome
+        os.kill(p, signal.SIGKILL)
+    assert not left and time.time() - t0 < 20  # was 60-100 s (the agents) and the workers trained on
