@@ -24,12 +24,12 @@ from typing import Any
 
 from study.spec.grid import grid_points
 from study.spec.model import Spec
+from trainables.keys import MEMBER_KEYS
 
 DRIVER_MEMORY = 2**20  # bytes of Ray's memory resource a DDP trial's driver asks for
 # bytes one trial process is taken to need (a worker process with torch and a small model and its
 # data: 0.5-1 GB measured); STUDY_TRIAL_MEMORY_MB overrides it
 TRIAL_MEMORY = int(float(os.environ.get("STUDY_TRIAL_MEMORY_MB", "1024")) * 2**20)
-MEMBER_KEYS = ("seed", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")  # as trainables.packing
 
 
 def pack_size(spec: Spec, shared: dict[str, Any]) -> int:

@@ -35,6 +35,7 @@ from study.trackers.settings import (
     check_log_to,
     check_used,
 )
+from trainables.sources import DATA_SOURCES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # study names: directory names, no slashes
 NAME_MAX = 100
@@ -51,7 +52,6 @@ def check_name(name: str, what: str = "study name") -> str:
 
 MAX_GRID_POINTS = 100_000  # grid points materialised to collapse inert duplicates (more: refused by size)
 
-DATA_SOURCES = ("mnist", "mnist-5k", "cifar10", "cifar100", "svhn", "imagenet", "imagenet-subset")
 
 
 class Data(BaseModel):
