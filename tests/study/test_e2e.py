@@ -87,7 +87,7 @@ def test_rerun_with_a_different_spec_is_refused(ray_local, tmp_path: Path) -> No
     with pytest.raises(UserError, match=r"started with a different spec \(fixed.epochs was 1, now 2\); use --name"):
         run_study(spec, storage=tmp_path, overrides=["fixed.epochs=2"], report=False)
     # the paper's numbers and the description may change: they are saved, no trial reruns
-    paper = "paper.results=[{label: row, where: {arch: Siamese}, metric: test_acc, value: 0.9}]"
+    paper = "paper.results=[{label: row, where: {arch: Siamese}, metric: test_acc, value: 0.9, dataset: mnist}]"
     again = run_study(spec, storage=tmp_path, overrides=[paper, "description=new"], report=False)
     assert again.counts == {"TERMINATED": 2}
     saved = yaml.safe_load((tmp_path / "tiny" / "spec.yaml").read_text())
