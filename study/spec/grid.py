@@ -198,18 +198,18 @@ def _collapse(spec: Spec, plan: GridPlan) -> GridPlan:
            for k, v in axes.items()}  # fmt: skip
     inert_of = _inert_rule(spec)
     kept: list[dict[str, Any]] = []
-    seen: set[Any] = set()
-    dropped: list[tuple[dict[str, Any], set[str]]] = []
+    first: dict[Any, dict[str, Any]] = {}  # per configuration, the first grid point that stands for it
+    dropped: list[tuple[dict[str, Any], set[str]]] = []  # a repeating point, the keys it differs in
     for point in plan.points:
         inert = inert_of(point)
         canon = {k: rep[k] if k in inert else v for k, v in point.items()}
         if canon != point and inert_of(canon) != inert:  # the stand-in is another experiment
             canon = point
         key = _equality_key(canon)
-        if key in seen:
-            dropped.append((point, {k for k in inert if point[k] != rep[k]}))
+        if key in first:
+            dropped.append((point, {k for k in inert if point[k] != first[key][k]}))
             continue
-        seen.add(key)
+        first[key] = point
         kept.append(canon)
     if not dropped:
         return plan

@@ -176,6 +176,17 @@ def test_inert_duplicates_are_collapsed_and_reported(tmp_path: Path, capsys) -> 
     assert keep.n_trials() == 24 == len(ray_configs(keep)) and collapse_note(keep) == ""
 
 
+def test_a_collapsed_point_takes_the_family_default_of_its_inert_key(tmp_path: Path) -> None:
+    """aux_loss has no effect on FconnNet (one branch): its grid point runs once, with the
+    family's default aux_loss, even where the default is not the axis' first value."""
+    raw = {**RAW, "space": {"arch": {"grid": ["FconnNet", "Siamese"]}, "aux_loss": {"grid": [False, True]}}}
+    raw["paper"] = {"dataset": "mnist", "results": [ROW]}
+    spec = load_spec(write(tmp_path, raw))
+    default = get_family("digit_pairs").all_defaults["aux_loss"]
+    assert collapse_note(spec).startswith("1 of 4 trials repeat another configuration (aux_loss has no effect at arch:")
+    assert [p for p in grid_points(spec) if p["arch"] == "FconnNet"] == [{"arch": "FconnNet", "aux_loss": default}]
+
+
 def test_wsms_cifar_collapses_the_plain_backbones() -> None:
     spec = load_spec(SPACES / "wsms_cifar.yaml")
     assert spec.n_trials() == (54 - 15) * 3
