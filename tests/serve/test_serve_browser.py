@@ -123,6 +123,7 @@ def js(driver, script: str):
     return driver.execute_script(script)
 
 
+@pytest.mark.timeout(1800)  # a real study on a shared machine: minutes
 def test_index_and_study_page_follow_a_running_study(served, browser) -> None:
     base, storage, run = served
     # the index: the study appears, then its finished trials rise, without a reload
