@@ -84,6 +84,17 @@ def dict_comments(module: Any) -> dict[str, dict[str, str]]:
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+
+    def above(lineno: int) -> str:
+        """The comment lines right above line `lineno` (1-based), joined."""
+        block = []
+        i = lineno - 2
+        while i >= 0 and lines[i].strip().startswith("#"):
+            block.insert(0, lines[i].strip().lstrip("#").strip())
+            i -= 1
+        return " ".join(block)
+
     out: dict[str, dict[str, str]] = {}
     for node in ast.parse(source).body:
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
@@ -93,8 +104,8 @@ def dict_comments(module: Any) -> dict[str, dict[str, str]]:
         found = {}
         for key, val in zip(value.keys, value.values):
             if isinstance(key, ast.Constant) and isinstance(key.value, str):
-                # the comment at the end of the entry (its last line), else on its first line
-                text = comments.get(val.end_lineno) or comments.get(key.lineno) or ""
+                # the comment at the end of the entry (its last line), on its first line, else above it
+                text = comments.get(val.end_lineno) or comments.get(key.lineno) or above(key.lineno)
                 found[key.value] = text
         out[target.id] = found
     return out
@@ -344,8 +355,19 @@ def bench_cli(d: dict) -> str:
     return head + table(header, rows)
 
 
+def bench_cost(d: dict) -> str:
+    rows = [
+        [cell(c["case"]), f"{c['trials']:,}", f"{c['estimate_s']:.0f} s", f"{c['measured_s']:.0f} s", f"{c['ratio']:.2f}"]
+        for c in d["cases"]
+    ]
+    return f"{cell(d['goal'])}; met: {'yes' if d['within_goal'] else 'no'} ({d['cpus']} cores):\n\n" + table(
+        ["case", "trials", "estimate", "measured", "estimate / measured"], rows
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Any], str]] = {
     "cli.json": bench_cli,
+    "cost.json": bench_cost,
     "overhead.json": bench_overhead,
     "grid_full.json": bench_grid,
     "grid_subset.json": bench_grid,
