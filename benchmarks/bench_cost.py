@@ -104,7 +104,7 @@ def shapes() -> dict:
     from study.run.orchestrate import prepare_spec
     from study.spec import load_spec
 
-    rows = []
+    rows, load0 = [], os.getloadavg()[0]
     try:
         table = json.loads(cost.GPU_TABLE.read_text()) if cost.GPU_TABLE.is_file() else None
     except json.JSONDecodeError:
@@ -127,7 +127,9 @@ def shapes() -> dict:
                 rows.append({"space": file, "shape": label, "where": est["where"], **_summary(est)})
                 print(rows[-1], flush=True)
     note = None if table is not None else "no measured GPU table (benchmarks/results/gpu.json): run scripts/gpu_check.sh on a GPU, then this again"
-    return {"cpus": os.cpu_count(), "gpu": table["device"] if table else None, "note": note, "rows": rows}
+    load = [round(load0, 1), round(os.getloadavg()[0], 1)]
+    return {"cpus": os.cpu_count(), "load_avg_1m": load, "gpu": table["device"] if table else None, "note": note,
+            "rows": rows}  # fmt: skip
 
 
 def _summary(est: dict) -> dict:
@@ -148,6 +150,9 @@ def shapes_markdown(d: dict) -> str:
         per = "n/a" if r["trial_s_range"] is None else " - ".join(dur(x) for x in r["trial_s_range"])
         lines.append(f"| `{r['space']}` | {r['shape']} | {r['where']} | {r['trials']} ({r['tune_trials']}) | "
                      f"{r['at_once']} | {per} | {dur(r['study_s'])} |")  # fmt: skip
+    load = "/".join(f"{x:g}" for x in d.get("load_avg_1m", []))
+    lines += ["", f"CPU rows: calibrated on {d['cpus']} cores at load average {load} (other jobs on the machine): "
+              "compare rows with each other; an idle machine is several times faster."]  # fmt: skip
     if d["note"]:
         lines += ["", f"GPU rows: {d['note']}."]
     return "\n".join(lines) + "\n"

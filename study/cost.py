@@ -47,7 +47,7 @@ EPOCH_S = 0.03  # one epoch's report and checkpoint (a small model; larger state
 SAVE_BYTES_PER_S = 400e6  # checkpoint write speed, for the state of larger models
 EVAL_FRACTION = 1 / 3  # a test example costs a third of a training example (forward only)
 GPU_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu.json"
-CALIBRATION_S = 0.3  # wall time spent timing one model (after warm-up), at least one step
+CALIBRATION_S = 0.6  # wall time spent timing one model (after warm-up), at least one step
 
 # training-set sizes of the sources, for families whose config does not give one (n_train: 0 = all)
 SOURCE_TRAIN_EXAMPLES = {
