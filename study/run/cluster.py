@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from core.errors import UserError
 from study.spec.model import Spec
@@ -18,6 +19,7 @@ def init_ray(address: str | None) -> None:
         return
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
+        _ray_in_its_own_process_group()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
         from study.run import reaper
 
@@ -28,6 +30,33 @@ def init_ray(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
+
+
+def _ray_in_its_own_process_group() -> None:
+    """Start local Ray's head processes (GCS, raylet, monitors) in a process group of their own
+    (Linux, Ray 2.60's ``ray._private.services.ConsolePopen``): a SIGTERM to the run's process
+    group (``timeout``, ``kill -- -PGID``, a batch system) then reaches the driver only, which stops
+    Tune gracefully, instead of killing the GCS under it (the run then hung on "Failed to connect to
+    GCS" lines). They still end with the driver: Ray's own fate sharing (the parent-death signal)
+    and `study.run.reaper`."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        from ray._private import services
+    except ImportError:
+        return
+    base = getattr(services, "ConsolePopen", None)
+    if base is None or getattr(base, "own_process_group", False):
+        return
+
+    class OwnProcessGroup(base):  # type: ignore[misc, valid-type]
+        own_process_group = True
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs.setdefault("process_group", 0)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnProcessGroup
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:

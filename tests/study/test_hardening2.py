@@ -821,3 +821,36 @@ def test_ray_processes_and_trial_workers_end_with_a_killed_run(tmp_path: Path) -
     for p in left:  # leave nothing behind, whatever the outcome
         os.kill(p, signal.SIGKILL)
     assert not left and time.time() - t0 < 20  # was 60-100 s (the agents) and the workers trained on
+
+
+@pytest.mark.fault
+def test_sigterm_to_the_runs_process_group_stops_it_gracefully(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+
+    from study.run.reaper import _stat, descendants
+    from tests.conftest import REPO, study_cmd
+
+    spec = write_spec(tmp_path / "g.yaml", name="g", repeats=2, fixed={"epochs": 30, "batch_size": 50, "lr": 0.01})
+    log, errs = tmp_path / "out.txt", tmp_path / "err.txt"
+    with log.open("w") as out, errs.open("w") as err:
+        proc = subprocess.Popen(study_cmd("run", str(spec), "--storage", str(tmp_path / "studies"), "--no-report"),
+                                cwd=REPO, stdout=out, stderr=err, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not re.search(r" [12] running", log.read_text()):
+            time.sleep(1)
+        tree = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGTERM)  # as `timeout`, `kill -- -PGID` or a batch system sends it
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text, err = log.read_text(), errs.read_text()
+    assert code == 143 and err == "study: terminated (SIGTERM); run the same command again to resume\n", err[-2000:]
+    assert "interrupted with " in text and "trial(s) unfinished" in text and "GCS" not in text + err, text[-2000:]
+    t0 = time.time()
+    while time.time() - t0 < 20 and [p for p, s in tree.items() if (_stat(p) or (0, None))[1] == s]:
+        time.sleep(0.5)
+    assert not [p for p, s in tree.items() if (_stat(p) or (0, None))[1] == s]
