@@ -156,7 +156,11 @@ def submit_entrypoint(
     staging = Path(tempfile.mkdtemp(prefix="study-submit-"))
     try:
         files, size = stage(root, items, staging)
-        print(f"[study] uploading from {root}: {' '.join(items)} ({files} files, {size / 1e6:.1f} MB)", file=out, flush=True)
+        print(
+            f"[study] uploading from {root}: {' '.join(items)} ({files} files, {size / 1e6:.1f} MB)",
+            file=out,
+            flush=True,
+        )
         runtime_env = {"working_dir": str(staging), "excludes": UPLOAD_EXCLUDES}
         return _call(address, client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env)
     finally:

@@ -77,14 +77,19 @@ def parse_state(text: str | bytes, where: str) -> list[TrialState]:
         try:
             trial_json, meta_json = item
             t = loads_json(trial_json, f"{where}: trial_data[{i}]")
-            meta = loads_json(meta_json, f"{where}: trial_data[{i}]") if isinstance(meta_json, str) else (meta_json or {})
+            meta = (
+                loads_json(meta_json, f"{where}: trial_data[{i}]") if isinstance(meta_json, str) else (meta_json or {})
+            )
             trial_id, status = t["trial_id"], t.get("status", "PENDING")
             config = t.get("config") or {}
             if not (isinstance(trial_id, str) and isinstance(status, str) and isinstance(config, dict)):
                 raise TypeError("trial_id, status or config of the wrong type")
             logdir, problem = t.get("relative_logdir") or f"trial_{trial_id}", None
             if not safe_relpath(logdir):  # "../other", "/etc", "a\\b": never read or deleted
-                logdir, problem = "", f"{where}: trial {trial_id}: relative_logdir {logdir!r} leads outside the study directory: ignored"
+                logdir, problem = (
+                    "",
+                    f"{where}: trial {trial_id}: relative_logdir {logdir!r} leads outside the study directory: ignored",
+                )
             last_result = meta.get("last_result") or {}
             error_filename = meta.get("error_filename")
             trials.append(

@@ -87,7 +87,9 @@ def test_error_file_named_in_the_state_is_read_only_inside_the_trial_dir(tmp_pat
     secret.parent.mkdir()
     secret.write_text(f"-----BEGIN KEY-----\n{SECRET}\n")
     study = make_study(tmp_path / "storage")
-    name = {"absolute": str(secret), "dotdot": "../../../outside/id_rsa", "link": "error.txt", "link-dir": "d/id_rsa"}[shape]
+    name = {"absolute": str(secret), "dotdot": "../../../outside/id_rsa", "link": "error.txt", "link-dir": "d/id_rsa"}[
+        shape
+    ]
     if shape == "link":
         (study / "trial_b" / "error.txt").unlink()
         (study / "trial_b" / "error.txt").symlink_to(secret)
@@ -386,7 +388,9 @@ def _in_thread(fn, timeout: float = 60.0):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "directory"])
-def test_result_file_that_is_not_a_regular_bounded_file_is_refused(tmp_path: Path, capsys, monkeypatch, kind: str) -> None:
+def test_result_file_that_is_not_a_regular_bounded_file_is_refused(
+    tmp_path: Path, capsys, monkeypatch, kind: str
+) -> None:
     from core import safe_read
     from study.results import state as tune_state
 
@@ -498,7 +502,9 @@ def test_progress_line_of_a_packed_study_names_the_best_member(tmp_path: Path) -
     spec = load_spec(write_spec(tmp_path / "p.yaml", repeats=2, fixed={"epochs": 2, "batch_size": 50, "lr": 0.01}))
     pack = {"shared": {"arch": "Siamese", "epochs": 2}, "members": [{"seed": 0, "lr": 0.01}, {"seed": 1, "lr": 0.01}]}
     meta = SimpleNamespace(metric_analysis={"test_acc": {"max": 0.9}}, num_failures=0)
-    trial = SimpleNamespace(status="RUNNING", run_metadata=meta, config={"__pack__": pack}, trial_id="p", error_file=None)
+    trial = SimpleNamespace(
+        status="RUNNING", run_metadata=meta, config={"__pack__": pack}, trial_id="p", error_file=None
+    )
     out = io.StringIO()
     cb = make_progress_callback(spec, out)
     cb.on_trial_result(0, [trial], trial, {"epoch": 1, "members": {"0": {"test_acc": 0.6}, "1": {"test_acc": 0.9}}})
@@ -713,7 +719,9 @@ def test_resume_from_a_backup_older_than_finished_trials_retrains_none(finished_
 # --- resources the cluster can never hold ---------------------------------------------------------------
 
 
-def _cluster(monkeypatch, resources: dict, autoscaling: bool = False, bootstrap: str | None = None, tmp: Path | None = None):
+def _cluster(
+    monkeypatch, resources: dict, autoscaling: bool = False, bootstrap: str | None = None, tmp: Path | None = None
+):
     import ray
 
     from study.run import cluster
@@ -810,7 +818,9 @@ def test_ray_processes_and_trial_workers_end_with_a_killed_run(tmp_path: Path) -
             time.sleep(1)
         time.sleep(3)  # the watcher has seen the trial workers
         tree = descendants(proc.pid)
-        assert any(b"ImplicitFunc" in Path(f"/proc/{p}/cmdline").read_bytes() for p in tree if _stat(p)), log.read_text()
+        assert any(b"ImplicitFunc" in Path(f"/proc/{p}/cmdline").read_bytes() for p in tree if _stat(p)), (
+            log.read_text()
+        )
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
