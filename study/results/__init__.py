@@ -26,7 +26,10 @@ _NAMES = {
     "study.results.tables": (
         "collect", "directions", "hyperparameter_columns", "metric_semantics", "study_metadata", "write_results",
     ),
-    "study.results.trials": ("error_line", "error_message", "final_status", "missing_data", "trials_from_state"),
+    "study.results.trials": (
+        "epochs_on_record", "error_line", "error_message", "final_status", "missing_data", "reported_status",
+        "trials_from_state",
+    ),
     # the progress and checkpoint callbacks live with the run (a study's pickled callbacks name them here)
     "study.run.callbacks": (
         "MAX_PROGRESS_STEPS", "MAX_TRIAL_LINES", "make_progress_callback", "make_prune_callback", "prune_checkpoints",
