@@ -151,8 +151,8 @@ def shapes_markdown(d: dict) -> str:
         lines.append(f"| `{r['space']}` | {r['shape']} | {r['where']} | {r['trials']} ({r['tune_trials']}) | "
                      f"{r['at_once']} | {per} | {dur(r['study_s'])} |")  # fmt: skip
     load = "/".join(f"{x:g}" for x in d.get("load_avg_1m", []))
-    lines += ["", f"CPU rows: calibrated on {d['cpus']} cores at load average {load} (other jobs on the machine): "
-              "compare rows with each other; an idle machine is several times faster."]  # fmt: skip
+    lines += ["", f"CPU rows: calibrated on {d['cpus']} cores at load average {load} (other jobs on the machine); "
+              "pack auto and pack 50 are the same packs here, so their difference shows the calibration's noise."]  # fmt: skip
     if d["note"]:
         lines += ["", f"GPU rows: {d['note']}."]
     return "\n".join(lines) + "\n"
