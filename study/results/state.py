@@ -354,9 +354,15 @@ def read_jsonl(path: Path, limit: int = RESULT_LIMIT) -> list[dict]:
     """The rows of a JSON-lines file (Tune's result.json); a line cut by a crash (or nested too deeply
     to parse) is skipped. `UnsafeFile` (one line) for a FIFO, a device or a file over `limit` bytes."""
     try:
-        text = read_bounded(path, limit).decode("utf-8", errors="replace")
+        data = read_bounded(path, limit)
     except FileNotFoundError:
         return []
+    return rows_of_jsonl(data)
+
+
+def rows_of_jsonl(data: bytes) -> list[dict]:
+    """The rows of a JSON-lines file's bytes, as `read_jsonl` reads them."""
+    text = data.decode("utf-8", errors="replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         return []

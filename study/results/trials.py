@@ -9,11 +9,13 @@ tables (`study.results.tables`) and the counts (`study.results.counts`); standar
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from core.errors import UserError
 from core.layout import RESULT_FILE
-from core.safe_read import UnsafeFile, confined, notice, read_tail
+from core.safe_read import RESULT_LIMIT, UnsafeFile, confined, notice, read_bounded, read_tail
 from study.results import state as tune_state
 from study.results.packs import expand_packs
 
@@ -144,9 +146,15 @@ def epochs_on_record(study_dir: Path, t: dict) -> tuple[list[int], dict, str | N
         try:
             if path.is_symlink() and confined(path.parent, path.name) is None:
                 raise UnsafeFile(f"{path}: a link leading outside its trial directory: not read")
-            rows, problem = tune_state.read_jsonl(path), None
+            data = read_bounded(path, RESULT_LIMIT)
+        except FileNotFoundError:
+            data = b""
         except UnsafeFile as e:
             return [], {}, str(e)
+        quick = _epochs_in_order(data)
+        if quick is not None:
+            return list(range(1, quick[0] + 1)), quick[1], None
+        rows, problem = tune_state.rows_of_jsonl(data), None
     by_epoch: dict[int, dict] = {}
     for r in rows:
         e = r.get("epoch")
@@ -154,6 +162,46 @@ def epochs_on_record(study_dir: Path, t: dict) -> tuple[list[int], dict, str | N
             by_epoch[int(e)] = r
     order = sorted(by_epoch)
     return order, (by_epoch[order[-1]] if order else {}), problem
+
+
+_EPOCH_KEY = re.compile(rb'"epoch"\s*:\s*([1-9]\d*)\s*[,}]')
+_OTHER_BREAKS = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")  # str.splitlines breaks an ASCII text there too
+
+
+def _epochs_in_order(data: bytes) -> tuple[int, dict] | None:
+    """(n, the last row) when a result file's lines are the epochs 1..n, one per line in order (a
+    trial that ran without a restore): told from its bytes, with only the first and the last line
+    parsed. None when that is not certain (a resumed trial's repeated epochs, a cut line, a blank
+    one, a nested ``epoch`` key, braces in strings, non-ASCII text): then the file is parsed whole.
+    A line crafted to be invalid JSON with balanced braces and its epoch in place is not detected."""
+    body = data[:-1] if data.endswith(b"\n") else data
+    if not body or not body.isascii() or not body.startswith(b"{") or not body.endswith(b"}"):
+        return None
+    if any(b in body for b in _OTHER_BREAKS):
+        return None
+    n = body.count(b"\n") + 1
+    if body.count(b"}\n{") != n - 1:  # every line a braced object: no blank line
+        return None
+    if body.count(b"{") != body.count(b"}"):  # a line cut by a crash, then written on, opens more than it closes
+        return None
+    found = _EPOCH_KEY.findall(body)  # the only place "epoch": can stand is a key (a quote in a string is escaped)
+    if len(found) != n or any(int(v) != i for i, v in enumerate(found, 1)):
+        return None
+    first_end = body.find(b"\n")
+    try:
+        first = json.loads(body if first_end < 0 else body[:first_end])
+        last = first if first_end < 0 else json.loads(body[body.rfind(b"\n") + 1 :])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(first, dict) or not isinstance(last, dict):
+        return None
+    if _int_epoch(first.get("epoch")) != 1 or _int_epoch(last.get("epoch")) != n:
+        return None
+    return n, last
+
+
+def _int_epoch(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def results_gone(trial_dir: Path) -> bool:

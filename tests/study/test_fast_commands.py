@@ -95,3 +95,64 @@ def test_facts_of_another_trainable_are_not_used(tmp_path: Path) -> None:
     d = write_study(tmp_path, "s", epochs_run=3)
     (d / "study.json").write_text(json.dumps({"trainable": "wsms", "epochs_default": 3}))
     assert study_counts(d) == {"MISSING": 4}  # digit_pairs' own default, not another family's
+
+
+def _full(rows_bytes: bytes, tmp_path: Path) -> tuple[list[int], dict]:
+    from study.results import state as tune_state
+
+    by_epoch = {}
+    for r in tune_state.rows_of_jsonl(rows_bytes):
+        e = r.get("epoch")
+        if isinstance(e, (int, float)) and not isinstance(e, bool):
+            by_epoch[int(e)] = r
+    order = sorted(by_epoch)
+    return order, (by_epoch[order[-1]] if order else {})
+
+
+def _line(e: object, **extra: object) -> str:
+    return json.dumps({"epoch": e, "test_acc": 0.5, **extra}) + "\n"
+
+
+FILES = {
+    "in order": "".join(_line(e) for e in range(1, 6)),
+    "one row": _line(1),
+    "no final newline": "".join(_line(e) for e in range(1, 4)).rstrip("\n"),
+    "resumed, repeats": "".join(_line(e) for e in [1, 2, 3, 2, 3, 4]),
+    "same count, a gap and a repeat": "".join(_line(e) for e in [1, 1, 3]),
+    "a cut line": "".join(_line(e) for e in [1, 2]) + '{"epoch": 3, "te\n' + _line(3),
+    "a line cut before its epoch, then written on": _line(1) + '{"test_a' + _line(2) + _line(3),
+    "a blank line": _line(1) + "\n" + _line(2),
+    "nested epoch key": _line(1, config={"epoch": 2}) + _line(2, config={"epoch": 2}),
+    "float epochs": "".join(_line(float(e)) for e in range(1, 4)),
+    "starts at 2": "".join(_line(e) for e in range(2, 5)),
+    "bool epoch": _line(True) + _line(2),
+    "carriage returns": _line(1).replace("\n", "\r\n") + _line(2).replace("\n", "\r\n"),
+    "non-ascii": _line(1, note="é") + _line(2, note="\u2028"),
+    "epoch in a string": _line(1, note='"epoch": 2,') + _line(2),
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_epochs_on_record_fast_path_answers_as_the_full_parse(name: str, tmp_path: Path) -> None:
+    """The epochs and last row told from a result file's bytes are those of parsing it whole."""
+    from study.results.trials import epochs_on_record
+
+    (tmp_path / "trial_a").mkdir()
+    data = FILES[name].encode()
+    (tmp_path / "trial_a" / "result.json").write_bytes(data)
+    epochs, last, problem = epochs_on_record(tmp_path, {"logdir": "trial_a", "meta": {}})
+    assert problem is None
+    assert (epochs, last) == _full(data, tmp_path)
+
+
+def test_epochs_on_record_fast_path_is_taken_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of epochs 1..n in order is not parsed whole (the fast path answers)."""
+    from study.results import state as tune_state
+    from study.results.trials import epochs_on_record
+
+    (tmp_path / "trial_a").mkdir()
+    (tmp_path / "trial_a" / "result.json").write_text(FILES["in order"])
+    monkeypatch.setattr(tune_state, "rows_of_jsonl", lambda data: pytest.fail("parsed whole"))
+    epochs, last, _ = epochs_on_record(tmp_path, {"logdir": "trial_a", "meta": {}})
+    assert epochs == [1, 2, 3, 4, 5] and last["epoch"] == 5
