@@ -6,7 +6,8 @@ A name from a URL is used only if it is a study the storage lists (a directory w
 lead out of the storage are refused. An index row comes from the study's live snapshot (`LiveStudy`:
 the counts of trials.parquet and `study status`, result files read incrementally), computed again
 only when its spec, state, directory or files changed; a row known before is refreshed in a
-background thread while the last one is shown.
+background thread while the last one is shown, and a study read for the first time is read by a
+pool of threads, its row marked ``reading`` until it is ready.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,9 @@ from study.serve.live import LiveStudy, file_key, iso, study_status
 
 REMOTE_PULL_S = 30.0  # a study on shared storage is mirrored again at most this often
 MAX_NAME_BYTES = 255
+FIRST_LOAD_WAIT_S = 0.5  # the index waits this long for studies read for the first time, then marks them "reading"
+INDEX_THREADS = 4
+READING = "reading"
 
 
 class NotFound(Exception):
@@ -67,10 +72,13 @@ class Catalog:
         self._pulled: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pending: set[str] = set()
+        self._first: dict[str, Future] = {}  # studies being read for the first time
+        self._pool = ThreadPoolExecutor(max_workers=INDEX_THREADS, thread_name_prefix="study-serve-index")
 
     def close(self) -> None:
         import shutil
 
+        self._pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.work, ignore_errors=True)
 
     # -- names
@@ -115,9 +123,34 @@ class Catalog:
 
     # -- the index
 
-    def index(self) -> list[dict[str, Any]]:
-        """One row per study (see `index_row`), sorted by name."""
-        return [self.index_row(n) for n in self.names()]
+    def index(self, wait_s: float | None = None) -> list[dict[str, Any]]:
+        """One row per study (see `index_row`), sorted by name. A study never read before is read by
+        a pool of threads; the rows not ready within `wait_s` seconds (`FIRST_LOAD_WAIT_S`) have the status ``reading``
+        (their counts come with a later call), so the index answers at once on a large storage."""
+        names = self.names()
+        with self._lock:
+            for n in names:
+                if n not in self._index and n not in self._first:
+                    self._first[n] = self._pool.submit(self.index_row, n)
+            waiting = [self._first[n] for n in names if n in self._first]
+        if waiting:
+            wait(waiting, timeout=FIRST_LOAD_WAIT_S if wait_s is None else wait_s)
+        rows = []
+        for n in names:
+            first = self._first.get(n)
+            if first is not None and not first.done():
+                rows.append({**_row(n, updated_ns=_mtime(self.store.local_dir(n))), "status": READING})
+                continue
+            if first is not None:
+                with self._lock:
+                    self._first.pop(n, None)
+                if n not in self._index:  # refused, not found: not kept, told as is
+                    rows.append(
+                        first.result() if first.exception() is None else _row(n, error=one_line(first.exception(), 300))
+                    )
+                    continue
+            rows.append(self.index_row(n))
+        return rows
 
     def index_row(self, name: str) -> dict[str, Any]:
         """``name, trainable, data_source, status, trials_done, trials_running, trials_failed,

@@ -148,3 +148,11 @@ def storage(tmp_path: Path) -> Path:
     write_tune_study(root, "hostile", description="<script>alert(2)</script><img src=x onerror=alert(3)>", seed=7)
     write_tune_study(root, "javascript:alert(3)", seed=6)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _index_waits_for_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index answers with every row read (a test of ``reading`` rows sets the wait itself)."""
+    from study.serve import catalog
+
+    monkeypatch.setattr(catalog, "FIRST_LOAD_WAIT_S", 120.0)

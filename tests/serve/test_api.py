@@ -249,3 +249,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert main(["serve", "--storage", str(tmp_path), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "--allow-remote" in err and err.count("\n") == 1
+
+
+def test_index_first_load_marks_unread_rows_reading(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study not read within the first-load wait comes as ``reading``, then with its counts."""
+    import threading
+    import time
+
+    from study.serve import catalog
+
+    gate = threading.Event()
+    original = catalog.Catalog.index_row
+
+    def slow(self, name):  # noqa: ANN001, ANN202
+        gate.wait(30)
+        return original(self, name)
+
+    monkeypatch.setattr(catalog, "FIRST_LOAD_WAIT_S", 0.05)
+    monkeypatch.setattr(catalog.Catalog, "index_row", slow)
+    t0 = time.perf_counter()
+    rows = by_name(client)
+    assert time.perf_counter() - t0 < 5
+    assert rows["done"]["status"] == "reading" and rows["done"]["trials_total"] == 0
+    gate.set()
+    for _ in range(200):
+        rows = by_name(client)
+        if not any(r["status"] == "reading" for r in rows.values()):
+            break
+        time.sleep(0.05)
+    assert rows["done"]["status"] in ("complete", "partly failed") and rows["live"]["trials_running"] == 3
