@@ -231,40 +231,60 @@ def check_paper(spec: Spec, path: str | Path, *, references: bool = True) -> Non
     claim's groups do not overlap and meet at some level of its ``within`` keys. One `UserError`
     line each, naming the row or claim by index and label. Without `references`, provenance only."""
     paper = spec.paper
-    points = grid_points(spec) if references else []
     for i, r in enumerate(paper.results):
-        name = f"{path}: paper.results.{i} ({short(r.label, 60)})"
         if r.dataset is None and paper.dataset is None:
             raise UserError(
-                f"{name}: dataset: say what the paper measured this number on (dataset: per row, or paper.dataset "
-                "once; any for numbers that do not depend on the data); the file's data.source never stands in"
+                f"{path}: paper.results.{i} ({short(r.label, 60)}): dataset: say what the paper measured this "
+                "number on (dataset: per row, or paper.dataset once; any for numbers that do not depend on the "
+                "data); the file's data.source never stands in"
             )
-        why = _selects(spec, points, r.where) if references else None
+    if references:
+        for _, _, line in reference_problems(spec, path):
+            raise UserError(line)
+
+
+def reference_problems(spec: Spec, path: str | Path) -> list[tuple[str, int, str]]:
+    """Every paper row and claim whose references the study cannot serve, as (``results`` or
+    ``claims``, index, one line naming the file, the row or claim and the rule)."""
+    paper = spec.paper
+    points = grid_points(spec)
+    problems: list[tuple[str, int, str]] = []
+    for i, r in enumerate(paper.results):
+        why = _selects(spec, points, r.where)
         if why:
-            raise UserError(f"{name}: where selects no configuration this study runs ({why})")
-    for i, c in enumerate(paper.claims if references else ()):
-        name = f"{path}: paper.claims.{i} ({short(c.label, 60)})"
-        for part, group in (("where", c.where), ("a", {**c.where, **c.a}), ("b", {**c.where, **c.b})):
-            why = _selects(spec, points, group)
-            if why:
-                raise UserError(f"{name}: {part} selects no configuration this study runs ({why})")
-        a, b = {**c.where, **c.a}, {**c.where, **c.b}
-        ga = {k: v for k, v in a.items() if k in spec.grid_axes}
-        gb = {k: v for k, v in b.items() if k in spec.grid_axes}
-        if not _sampled_conflict(a, b, spec) and any(
-            all(p[k] == v for k, v in {**ga, **gb}.items()) and all(ga.get(k, v) == v for k, v in gb.items())
-            for p in points
-        ):
-            raise UserError(
-                f"{name}: a and b overlap: a trial with {_shown({**a, **b})} is in both groups; "
-                "make them exclusive (name the same key with different values)"
+            name = f"{path}: paper.results.{i} ({short(r.label, 60)})"
+            problems.append(("results", i, f"{name}: where selects no configuration this study runs ({why})"))
+    for i, c in enumerate(paper.claims):
+        line = _claim_problem(spec, points, c, f"{path}: paper.claims.{i} ({short(c.label, 60)})")
+        if line:
+            problems.append(("claims", i, line))
+    return problems
+
+
+def _claim_problem(spec: Spec, points: list[dict[str, Any]], c: Any, name: str) -> str | None:
+    """Why claim `c` cannot be tested on the study's configurations (one line), or None."""
+    for part, group in (("where", c.where), ("a", {**c.where, **c.a}), ("b", {**c.where, **c.b})):
+        why = _selects(spec, points, group)
+        if why:
+            return f"{name}: {part} selects no configuration this study runs ({why})"
+    a, b = {**c.where, **c.a}, {**c.where, **c.b}
+    ga = {k: v for k, v in a.items() if k in spec.grid_axes}
+    gb = {k: v for k, v in b.items() if k in spec.grid_axes}
+    if not _sampled_conflict(a, b, spec) and any(
+        all(p[k] == v for k, v in {**ga, **gb}.items()) and all(ga.get(k, v) == v for k, v in gb.items())
+        for p in points
+    ):
+        return (
+            f"{name}: a and b overlap: a trial with {_shown({**a, **b})} is in both groups; "
+            "make them exclusive (name the same key with different values)"
+        )
+    within = [k for k in c.within if k in spec.grid_axes]
+    if within:
+        levels_a = {tuple(repr(p[k]) for k in within) for p in points if all(p[k] == v for k, v in ga.items())}
+        levels_b = {tuple(repr(p[k]) for k in within) for p in points if all(p[k] == v for k, v in gb.items())}
+        if not levels_a & levels_b:
+            return (
+                f"{name}: within {', '.join(within)}: a and b never run at the same {', '.join(within)} "
+                "(no level has both groups)"
             )
-        within = [k for k in c.within if k in spec.grid_axes]
-        if within:
-            levels_a = {tuple(repr(p[k]) for k in within) for p in points if all(p[k] == v for k, v in ga.items())}
-            levels_b = {tuple(repr(p[k]) for k in within) for p in points if all(p[k] == v for k, v in gb.items())}
-            if not levels_a & levels_b:
-                raise UserError(
-                    f"{name}: within {', '.join(within)}: a and b never run at the same {', '.join(within)} "
-                    "(no level has both groups)"
-                )
+    return None

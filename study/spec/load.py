@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from core.errors import UserError, short
 from core.layout import EXPERIMENT_STATE_GLOB, FACTS_FILE, RESULTS_DIR, SPEC_FILE, SPEC_SOURCE_FILE, TUNER_FILE
-from study.spec.checks import check_configs, check_keys, check_limits, check_paper, check_shape
+from core.safe_read import notice
+from study.spec.checks import check_configs, check_keys, check_limits, check_paper, check_shape, reference_problems
 from study.spec.model import Spec
 from study.spec.overrides import apply_overrides
 from study.spec.yamlfile import read_yaml
@@ -76,9 +77,31 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     (`is_recorded`) is read as what the study ran (`parse_spec`'s `recorded`): an older study still
     reads and reports, its paper references not checked again."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    file_raw = read_yaml(path)
+    raw = apply_overrides(file_raw, overrides or [])
     recorded = is_recorded(path)
+    if overrides and not recorded:
+        raw = _leave_out_narrowed(raw, file_raw, path)
     return parse_spec(raw, path, references=not recorded, recorded=recorded)
+
+
+def _leave_out_narrowed(raw: dict[str, Any], file_raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`raw` without the paper rows and claims of the file that this run's ``--set`` left with
+    nothing to select (a grid narrowed to one net leaves the other nets' rows unjudged): each left
+    out with one line. A row or claim the overrides changed or added is checked as written (a
+    stale reference is refused), and so is every reference when the file is read alone."""
+    spec = parse_spec(raw, path, references=False)
+    paper, file_paper = raw.get("paper") or {}, file_raw.get("paper") or {}
+    drop: dict[str, set[int]] = {"results": set(), "claims": set()}
+    for section, i, line in reference_problems(spec, path):
+        file_items = file_paper.get(section) or [] if isinstance(file_paper, dict) else []
+        if i < len(file_items) and file_items[i] == paper[section][i]:
+            drop[section].add(i)
+            notice(f"{line}: left out of this run (its --set runs no configuration the row or claim names)")
+    if not any(drop.values()):
+        return raw
+    kept = {s: [x for i, x in enumerate(paper.get(s) or []) if i not in drop[s]] for s in drop if s in paper}
+    return {**raw, "paper": {**paper, **kept}}
 
 
 def is_recorded(path: Path) -> bool:

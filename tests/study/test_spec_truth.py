@@ -128,6 +128,20 @@ def test_a_reference_the_space_cannot_produce_is_refused(tmp_path: Path, where: 
     refused(tmp_path, {**RAW, "paper": {"claims": [{**CLAIM, "b": where}]}}, r"paper\.claims\.0 \('c'\): b selects")
 
 
+def test_a_grid_narrowed_by_set_leaves_out_the_rows_it_cannot_serve(tmp_path: Path, capsys) -> None:
+    raw = {**RAW, "paper": {"dataset": "mnist", "results": [ROW, {**ROW, "label": "cv", "where": {"arch": "ConvNet"}}],
+                            "claims": [CLAIM]}}  # fmt: skip
+    spec = load_spec(write(tmp_path, raw), ["space.arch.grid=[Siamese]"])
+    assert [r.label for r in spec.paper.results] == ["r"] and spec.paper.claims == []
+    err = capsys.readouterr().err
+    assert "paper.results.1 ('cv')" in err and "paper.claims.0 ('c')" in err and "left out of this run" in err
+    assert "paper.results.0 ('r')" not in err
+    # the file alone is checked as written, and a row the overrides add or change is refused, not left out
+    assert len(load_spec(write(tmp_path, raw)).paper.results) == 2
+    changed = "paper.results=[{label: new, where: {arch: ConvNet}, metric: test_acc, value: 0.9}]"
+    refused(tmp_path, raw, r"paper\.results\.0 \('new'\): where selects no", ["space.arch.grid=[Siamese]", changed])
+
+
 def test_a_value_inside_a_continuous_range_is_accepted(tmp_path: Path) -> None:
     raw = {**RAW, "paper": {"dataset": "mnist", "results": [{**ROW, "where": {"momentum": 0.5, "lr": 0.05}}]}}
     assert load_spec(write(tmp_path, raw)).paper.results[0].where == {"momentum": 0.5, "lr": 0.05}
