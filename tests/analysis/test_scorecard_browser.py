@@ -33,7 +33,7 @@ PAPER = {
     "citation": "Deng & Li (EPFL), Table 1",
     "results": [
         {"label": "Siamese", "where": {"arch": "Siamese"}, "metric": "test_acc", "value": 0.9114, "dataset": "mnist"},
-        {"label": "ConvNet", "where": {"arch": "ConvNet"}, "metric": "test_acc", "value": 0.8087},
+        {"label": "ConvNet", "where": {"arch": "ConvNet"}, "metric": "test_acc", "value": 0.8087, "dataset": "mnist-5k"},
     ],
     "claims": CLAIMS,
 }
@@ -49,7 +49,7 @@ def test_scorecard_of_two_real_studies(ray_local, browser, tmp_path: Path) -> No
     table = pd.read_parquet(storage / "scorecard.parquet")
     assert sorted(table["study"].unique()) == ["card-a", "card-b"]
     numbers = table[table["kind"] == "number"].set_index(["study", "label"])
-    # Siamese's number is full MNIST's: reference only on the sample; ConvNet's row defaults to the sample
+    # Siamese's number is full MNIST's: reference only on the sample; ConvNet's row states the sample
     assert numbers.loc[("card-a", "Siamese"), "verdict"] == "reference only"
     assert numbers.loc[("card-a", "ConvNet"), "dataset"] == "mnist-5k"
     assert numbers.loc[("card-a", "ConvNet"), "verdict"] != "reference only"
