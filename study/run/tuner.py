@@ -122,8 +122,11 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any) -
         from ray.tune.search import BasicVariantGenerator
 
         # constant_grid_search: a sampled config is reused across the grid (seeds are a grid axis),
-        # so every sampled configuration is repeated with every seed
-        search_alg = BasicVariantGenerator(constant_grid_search=True, random_state=spec.search.seed)
+        # so every sampled configuration is repeated with every seed. Tune ignores
+        # max_concurrent_trials for a generator passed in, so the limit is the generator's own.
+        search_alg = BasicVariantGenerator(
+            constant_grid_search=True, random_state=spec.search.seed, max_concurrent=shapes.max_concurrent(spec) or 0
+        )
     scheduler = None
     if spec.scheduler.type == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -143,7 +146,8 @@ def build_tuner(spec: Spec, store: Store, name: str, data: Any, progress: Any) -
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=shapes.max_concurrent(spec),  # DDP trials: as many as fit at once
+            # the optuna searcher is limited by Tune (a ConcurrencyLimiter); the grid's generator by itself
+            max_concurrent_trials=shapes.max_concurrent(spec) if spec.search.algorithm == "optuna" else None,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),

@@ -36,9 +36,10 @@ pytestmark = pytest.mark.cluster
 SCRIPT = REPO / "scripts" / "slurm" / "study.sbatch"
 JOB_ID = "4242"
 EPOCHS = 12
-# 2 trials (weight_sharing true/false), one at a time, so one can finish before the kill
+# 2 trials (weight_sharing true/false), one at a time, each long enough (1,250 pairs x 12 epochs) that the
+# saved state records the first finished while the second still trains
 OVERRIDES = [
-    "repeats=1", f"fixed.epochs={EPOCHS}", "data.n_train=500", "data.n_test=200", "space.aux_loss.grid=[true]",
+    "repeats=1", f"fixed.epochs={EPOCHS}", "data.n_train=1250", "data.n_test=200", "space.aux_loss.grid=[true]",
     "search.max_concurrent=1", "paper={}",  # the paper rows name arms this 2-trial variant leaves out
 ]  # fmt: skip
 RUN_TIMEOUT_S = 600  # one whole job: cluster start, imports, both trials (loaded 2-core machine)
@@ -108,7 +109,11 @@ def _start_job(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def _kill_job(proc: subprocess.Popen, env: dict[str, str]) -> None:
-    """SIGKILL the job's process group and every process carrying its RAY_TMPDIR (Ray's daemons)."""
+    """SIGKILL the job's process group and every process carrying its RAY_TMPDIR (Ray's daemons and
+    the trial workers, which live in process groups of their own), all at once: a lost allocation."""
+    for pid in _pids_with_env("RAY_TMPDIR", env["RAY_TMPDIR"]):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -163,7 +168,9 @@ def test_requeued_job_resumes_the_study(tmp_path: Path) -> None:
         log1 = tmp_path / "job-0.out"
         first = _start_job(env1, log1)
         jobs.append((first, env1))
-        _wait(lambda: _saved_terminated(study_dir) >= 1, first, log1, "the first trial to finish", RUN_TIMEOUT_S)
+        # killed as soon as one trial's results hold every epoch (whether or not Tune's saved state says so yet:
+        # the requeued job adopts a trial whose results are complete)
+        _wait(lambda: len(_finished_trials(study_dir)) >= 1, first, log1, "the first trial to finish", RUN_TIMEOUT_S)
         _kill_job(first, env1)
         done_before = _finished_trials(study_dir)
         out1 = log1.read_text()
