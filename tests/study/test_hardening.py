@@ -1,7 +1,7 @@
-"""Issue 14, the cases that need no fault injection: limits (7), missing data, a broken study and
-compare --out (8), the small ones (9), the state reader and the pins (10), the lock's stale rules
-(2) and checkpoints read with weights_only=True (3, 4: the unit level; the runs are in
-test_faults.py). Each asserts what a user sees: exit code, the one line, the Parquet tables."""
+"""Hardening without fault injection: size limits, missing data, a broken study and compare --out,
+the small cases, the state reader and the pins, the lock's stale rules, and checkpoints read with
+weights_only=True (the unit level; the runs are in test_faults.py). Each asserts what a user sees:
+exit code, the one line, the Parquet tables."""
 
 from __future__ import annotations
 
