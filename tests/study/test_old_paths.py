@@ -5,6 +5,7 @@ there when such a study resumes."""
 from __future__ import annotations
 
 import importlib
+import signal
 
 import pytest
 
@@ -41,6 +42,10 @@ def test_request_stop_reaches_the_current_run() -> None:
     from study.runner import request_stop
 
     run = stop.begin_run()
-    with pytest.raises(KeyboardInterrupt):  # no Tune loop here: stopped as Ctrl-C
-        request_stop("disk_full", "1 MB free")
+    before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # no Tune loop here (an earlier in-process run left its handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # so stopped as Ctrl-C
+            request_stop("disk_full", "1 MB free")
+    finally:
+        signal.signal(signal.SIGUSR1, before)
     assert (run.reason, run.detail) == ("disk_full", "1 MB free")
