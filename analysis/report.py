@@ -44,8 +44,11 @@ __all__ = [  # write_parquet / write_text and SCORECARD_FILE: re-exported from c
 TABLES = ("summary", "best", "comparisons", "paper", "claims", "importance", "curves")
 
 
-def build_study_report(results: StudyResults) -> tuple[dict[str, pd.DataFrame], str]:
-    """All tables and the report HTML of a loaded study (no I/O)."""
+def study_report_parts(
+    results: StudyResults,
+) -> tuple[dict[str, pd.DataFrame], list[FigureItem], pd.DataFrame]:
+    """The tables, figures and the comparisons the report shows of a loaded study (no I/O): what
+    `build_study_report` and the explorer's study page both render."""
     tables = study_tables(results)
     figures = study_figures(results, tables)
     meta = results.meta
@@ -56,7 +59,13 @@ def build_study_report(results: StudyResults) -> tuple[dict[str, pd.DataFrame], 
     )
     best_row = overall.iloc[0].to_dict() if len(overall) else None
     shown = focus_comparisons(tables["comparisons"], tables["trials"], best_row, meta.hyperparameters)
-    page = study_report_html(meta, tables, figures, report_comparisons=shown, epochs_rows=len(results.epochs))
+    return tables, figures, shown
+
+
+def build_study_report(results: StudyResults) -> tuple[dict[str, pd.DataFrame], str]:
+    """All tables and the report HTML of a loaded study (no I/O)."""
+    tables, figures, shown = study_report_parts(results)
+    page = study_report_html(results.meta, tables, figures, report_comparisons=shown, epochs_rows=len(results.epochs))
     return tables, page
 
 

@@ -65,19 +65,10 @@ def _figure_targets(results: Any, tables: Mapping[str, pd.DataFrame], figures: S
 def study_report(results: Any, name: str) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """The study page's report part and the tables it was built from."""
     from analysis.html import study_report_html
-    from analysis.plots import study_figures
-    from analysis.tables import best_configs, focus_comparisons, study_tables
+    from analysis.report import study_report_parts
 
-    tables = study_tables(results)
-    figures = study_figures(results, tables)
+    tables, figures, shown = study_report_parts(results)
     meta = results.meta
-    overall = (
-        best_configs(tables["summary"], metric_col=meta.metric_col, mode=meta.mode, top=1)
-        if f"{meta.metric_col}_mean" in tables["summary"].columns
-        else pd.DataFrame()
-    )
-    best_row = overall.iloc[0].to_dict() if len(overall) else None
-    shown = focus_comparisons(tables["comparisons"], tables["trials"], best_row, meta.hyperparameters)
     page = study_report_html(
         meta, tables, [], report_comparisons=shown, epochs_rows=len(results.epochs), scorecard="/scorecard"
     )
