@@ -557,12 +557,7 @@ def _directions(spec: Any) -> Any:
 
 def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, direction_of) -> dict:
     """One row of the trials table, by `study.results.collect`'s rules."""
-    from study.results import final_status, missing_data
-
-    try:
-        from study.results.trials import reported_status
-    except ImportError:
-        reported_status = None
+    from study.results.trials import reported_status
 
     finals: dict[str, float] = {}
     bests: dict[str, float] = {}
@@ -576,14 +571,8 @@ def _trial_row(t, summary, spec, hp_cols, epochs_default, scheduler, trial_dir, 
     config = t["config"]
     n_epochs = config.get("epochs", epochs_default)
     problem = t["meta"].get("problem") or getattr(summary, "problem", None)
-    if reported_status is not None:
-        meta_t = {**t, "meta": {**t["meta"], "problem": problem}} if problem else t
-        status, missing = reported_status(meta_t, trial_dir, summary.epochs, last, n_epochs, scheduler)
-    else:  # an older `study.results`
-        status = final_status(t["status"], last, n_epochs, scheduler=scheduler)
-        missing = missing_data(trial_dir, t["status"], [{"epoch": e} for e in summary.epochs], n_epochs, status)
-        if missing and status != "ERROR":
-            status = "MISSING"
+    meta_t = {**t, "meta": {**t["meta"], "problem": problem}} if problem else t
+    status, missing = reported_status(meta_t, trial_dir, summary.epochs, last, n_epochs, scheduler)
     row: dict[str, Any] = {"trial_id": t["trial_id"], "status": status}
     for c in hp_cols:
         v = config.get(c)
