@@ -807,7 +807,10 @@ def test_ray_processes_and_trial_workers_end_with_a_killed_run(tmp_path: Path) -
     from study.run.reaper import _stat, descendants
     from tests.conftest import REPO, study_cmd
 
-    spec = write_spec(tmp_path / "k.yaml", name="k", repeats=2, fixed={"epochs": 30, "batch_size": 50, "lr": 0.01})
+    # 3000 epochs: the run is killed long before its trials could end, on any machine
+    spec = write_spec(
+        tmp_path / "k.yaml", name="k", repeats=2, fixed={"epochs": 3000, "batch_size": 50, "lr": 0.01}
+    )  # killed long before the end
     log = tmp_path / "out.txt"
     with log.open("w") as out:
         proc = subprocess.Popen(study_cmd("run", str(spec), "--storage", str(tmp_path / "studies")), cwd=REPO,
@@ -842,7 +845,10 @@ def test_sigterm_to_the_runs_process_group_stops_it_gracefully(tmp_path: Path) -
     from study.run.reaper import _stat, descendants
     from tests.conftest import REPO, study_cmd
 
-    spec = write_spec(tmp_path / "g.yaml", name="g", repeats=2, fixed={"epochs": 30, "batch_size": 50, "lr": 0.01})
+    # 3000 epochs: the run is stopped long before its trials could end, on any machine
+    spec = write_spec(
+        tmp_path / "g.yaml", name="g", repeats=2, fixed={"epochs": 3000, "batch_size": 50, "lr": 0.01}
+    )  # killed long before the end
     log, errs = tmp_path / "out.txt", tmp_path / "err.txt"
     with log.open("w") as out, errs.open("w") as err:
         proc = subprocess.Popen(study_cmd("run", str(spec), "--storage", str(tmp_path / "studies"), "--no-report"),
