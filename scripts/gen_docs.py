@@ -237,7 +237,24 @@ def bench_grid(d: dict) -> str:
         load = "-".join(str(x) for x in s["load_avg_1m"])
         rows.append([code(s["setting"]), f"{s['trials']:,}", f"{s['minutes']:.1f} min", f"{s['speedup_vs_first']:.2f}x", statuses, load])
     head = f"`{d['space']}` on `{d['data']}`, {d['repeats']} seeds, {d['epochs']} epochs, {d['cpus']} cores, end to end:\n\n"
-    return head + table(["setting", "trials", "wall time", "speed-up", "statuses", "load average"], rows)
+    text = head + table(["setting", "trials", "wall time", "speed-up", "statuses", "load average"], rows)
+    for s in d["settings"]:
+        eq = s.get("equality")
+        if eq is None:
+            continue
+        best = "; ".join(f"{net}: {eq['best_per_net_baseline'][net]} -> {eq['best_per_net'][net]}"
+                         for net in sorted(eq["best_per_net"]))  # fmt: skip
+        moved = ", ".join(f"{net} {m['baseline_gap']:+.4f} (Welch p {m['baseline_welch_p']})"
+                          for net, m in sorted(eq["best_moved_in_baseline_terms"].items()))  # fmt: skip
+        text += (
+            f"\n{code(s['setting'])} against `{d.get('baseline', 'the first setting')}`, paired by seed: "
+            f"{eq['pairs_compared']} of {eq['pairs']} pairs compared ({eq['pairs_without_a_final_accuracy']} without a final "
+            f"accuracy on one side), {eq['identical_pairs']} identical, median |difference| {eq['median_abs_diff_per_trial']}, max "
+            f"{eq['max_abs_diff_per_trial']}; {eq['cells_differing_holm_0.05']} of {eq['cells']} cells differ (paired t, "
+            f"Holm, 0.05; smallest adjusted p {eq['min_holm_p']}). Best setting per net {'unchanged' if eq['best_per_net_same'] else 'moved'}: "
+            f"{best}." + (f" Where it moved, the baseline's own gap between the two settings: {moved}." if moved else "") + "\n"
+        )
+    return text
 
 
 def bench_report(d: dict) -> str:
@@ -370,6 +387,7 @@ BENCHMARKS: dict[str, Callable[[Any], str]] = {
     "cost.json": bench_cost,
     "overhead.json": bench_overhead,
     "grid_full.json": bench_grid,
+    "grid_auto.json": bench_grid,
     "grid_subset.json": bench_grid,
     "grid_subset_5ep.json": bench_grid,
     "grid_subset_reversed.json": bench_grid,
